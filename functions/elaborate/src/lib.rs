@@ -1,0 +1,1 @@
+//! The elaborate function's handler: HTTP request in, Server-Sent Events out.

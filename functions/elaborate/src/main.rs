@@ -1,0 +1,3 @@
+//! Lambda entry point of `elaborate`.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Lambda entry point of `memory-consumer`.
+
+fn main() {}

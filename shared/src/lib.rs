@@ -1,0 +1,17 @@
+//! hikmah's shared library: everything both Lambda functions and the `hikmah` CLI use.
+//!
+//! Layers point down only: services (`memory`, `elaboration`) use adapters behind small traits
+//! (`db`, `embed`, `llm`, `publish`), which use the model (`types`, `events`) and errors.
+//! Nothing here knows about Lambda.
+
+pub mod artifacts;
+pub mod config;
+pub mod db;
+pub mod elaboration;
+pub mod embed;
+pub mod events;
+pub mod llm;
+pub mod memory;
+pub mod publish;
+pub mod telemetry;
+pub mod types;

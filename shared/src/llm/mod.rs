@@ -1,0 +1,141 @@
+//! LLM providers behind one streaming trait: OpenAI-compatible, Bedrock, offline.
+//!
+//! A provider turns a [`Prompt`] into a stream of text deltas. The stream is lazy: nothing is
+//! sent until it is first polled, and it ends after the last delta (or with one error). Callers
+//! forward each delta as it arrives, so providers must not buffer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+use crate::config::LlmConfig;
+
+pub mod bedrock;
+pub mod offline;
+pub mod openai;
+pub mod sse;
+
+pub use bedrock::BedrockProvider;
+pub use offline::OfflineProvider;
+pub use openai::OpenAiProvider;
+
+/// What the model is asked: the rendered messages plus the inputs they were built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    /// The system message (role and rules).
+    pub system: String,
+    /// The user message (the hikmah, the question and the user's notes, rendered).
+    pub user: String,
+    /// The hikmah being elaborated (the offline provider builds its text from it).
+    pub hikmah: String,
+    /// The user's optional question.
+    pub question: Option<String>,
+    /// How many of the user's notes were put into the prompt.
+    pub notes_used: usize,
+}
+
+/// A stream of text deltas; it ends after the last one, or with a single error.
+pub type TextStream = BoxStream<'static, Result<String, LlmError>>;
+
+/// A language model that streams its answer.
+pub trait LlmProvider: Send + Sync {
+    /// Short provider name used in errors and logs (`openai`, `bedrock`, `offline`).
+    fn name(&self) -> &'static str;
+    /// The model name recorded in queue messages.
+    fn model(&self) -> &str;
+    /// Starts generating; the request is sent when the stream is first polled.
+    fn stream(&self, prompt: Prompt) -> TextStream;
+}
+
+/// Why generation failed, naming the provider and what it said.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// The provider answered with a non-success HTTP status.
+    #[error("{provider} answered HTTP {status}: {message}")]
+    Status {
+        /// Provider name.
+        provider: &'static str,
+        /// HTTP status code.
+        status: u16,
+        /// The provider's own error message (or the body, truncated).
+        message: String,
+    },
+    /// The provider could not be reached, or the connection broke.
+    #[error("{provider} request failed: {detail}")]
+    Transport {
+        /// Provider name.
+        provider: &'static str,
+        /// What went wrong (the underlying error chain).
+        detail: String,
+    },
+    /// Nothing arrived from the provider for longer than the idle timeout.
+    #[error("{provider} sent nothing for {}s (LLM_IDLE_TIMEOUT_MS)", after.as_secs_f32())]
+    IdleTimeout {
+        /// Provider name.
+        provider: &'static str,
+        /// The configured idle timeout.
+        after: Duration,
+    },
+    /// The provider's stream broke its protocol (malformed chunk, ended without finishing).
+    #[error("{provider} stream is malformed: {detail}")]
+    Protocol {
+        /// Provider name.
+        provider: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The provider reported an error inside the stream or through its SDK.
+    #[error("{provider} reported an error: {message}")]
+    Provider {
+        /// Provider name.
+        provider: &'static str,
+        /// The provider's message.
+        message: String,
+    },
+    /// The provider could not be set up from configuration.
+    #[error("{provider} cannot be configured: {detail}")]
+    Setup {
+        /// Provider name.
+        provider: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+impl LlmError {
+    /// The stable error code sent to clients (`provider_timeout` or `provider_error`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::IdleTimeout { .. } => "provider_timeout",
+            _ => "provider_error",
+        }
+    }
+}
+
+/// Builds the configured provider once, at init (Bedrock loads the AWS configuration).
+pub async fn from_config(cfg: &LlmConfig) -> Result<Arc<dyn LlmProvider>, LlmError> {
+    Ok(match cfg {
+        LlmConfig::OpenAi { .. } => Arc::new(OpenAiProvider::new(cfg)?),
+        LlmConfig::Bedrock { model, idle_timeout } => {
+            let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            Arc::new(BedrockProvider::new(&sdk, model.clone(), *idle_timeout))
+        }
+        LlmConfig::Offline => Arc::new(OfflineProvider::default()),
+    })
+}
+
+/// Joins an error and its sources into one line (`a: b: c`), for messages that cross a boundary.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}

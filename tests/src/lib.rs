@@ -1,0 +1,1 @@
+//! Support for hikmah's end-to-end tests: real PostgreSQL databases, moto, the model files.

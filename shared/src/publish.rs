@@ -24,7 +24,10 @@ pub enum PublishError {
 /// Hands a completed elaboration to the memory consumer.
 pub trait Publisher: Send + Sync {
     /// Publishes one event; `Ok` means the queue has durably accepted it.
-    fn publish<'a>(&'a self, event: &'a ElaborationCompleted) -> BoxFuture<'a, Result<(), PublishError>>;
+    fn publish<'a>(
+        &'a self,
+        event: &'a ElaborationCompleted,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
 }
 
 /// Publishes to an SQS queue (standard or FIFO).
@@ -54,9 +57,16 @@ impl SqsPublisher {
 }
 
 impl Publisher for SqsPublisher {
-    fn publish<'a>(&'a self, event: &'a ElaborationCompleted) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish<'a>(
+        &'a self,
+        event: &'a ElaborationCompleted,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
-            let mut request = self.client.send_message().queue_url(&self.queue.url).message_body(event.to_body());
+            let mut request = self
+                .client
+                .send_message()
+                .queue_url(&self.queue.url)
+                .message_body(event.to_body());
             if self.queue.is_fifo() {
                 // One group per user keeps a user's events ordered without serialising everyone;
                 // the event id makes a retried send a no-op within SQS's dedup window.
@@ -64,10 +74,14 @@ impl Publisher for SqsPublisher {
                     .message_group_id(event.user_id.as_str())
                     .message_deduplication_id(event.event_id.to_string());
             }
-            request.send().await.map(|_| ()).map_err(|e| PublishError::Sqs {
-                queue_url: self.queue.url.clone(),
-                detail: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
-            })
+            request
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| PublishError::Sqs {
+                    queue_url: self.queue.url.clone(),
+                    detail: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+                })
         })
     }
 }

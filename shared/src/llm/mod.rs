@@ -117,7 +117,10 @@ impl LlmError {
 pub async fn from_config(cfg: &LlmConfig) -> Result<Arc<dyn LlmProvider>, LlmError> {
     Ok(match cfg {
         LlmConfig::OpenAi { .. } => Arc::new(OpenAiProvider::new(cfg)?),
-        LlmConfig::Bedrock { model, idle_timeout } => {
+        LlmConfig::Bedrock {
+            model,
+            idle_timeout,
+        } => {
             let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
             Arc::new(BedrockProvider::new(&sdk, model.clone(), *idle_timeout))
         }

@@ -1,0 +1,88 @@
+//! Reading the user's notes that personalise the prompt.
+
+use futures::future::BoxFuture;
+
+use crate::db::{is_connection_error, Db, DbError};
+use crate::types::UserId;
+
+/// Where the user's notes come from (PostgreSQL in production, nothing in demos).
+pub trait NotesSource: Send + Sync {
+    /// Up to `limit` of the user's notes: most reinforced first, then most recently seen.
+    fn top_notes<'a>(
+        &'a self,
+        user: &'a UserId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, DbError>>;
+}
+
+/// The user's notes from the `memory_notes` table.
+#[derive(Debug, Clone)]
+pub struct PgNotes {
+    db: Db,
+}
+
+impl PgNotes {
+    /// Reads through `db` (a pool built once at init).
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// The pool behind this source.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// The personalisation query; `memory_notes_user_id_idx` narrows it to one user's rows.
+const TOP_NOTES_SQL: &str = "SELECT content FROM memory_notes WHERE user_id = $1 \
+     ORDER BY times_seen DESC, last_seen_at DESC, id DESC LIMIT $2";
+
+impl NotesSource for PgNotes {
+    fn top_notes<'a>(
+        &'a self,
+        user: &'a UserId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, DbError>> {
+        Box::pin(async move {
+            // One invocation serves one request here, so this is the invocation's start.
+            self.db.start_invocation();
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            // `Db::run`'s async-closure form is not provably `Send` inside a boxed future (a
+            // compiler limitation with higher-ranked lifetimes), so its one retry on a broken
+            // connection is spelled out here; a read-only query is always safe to repeat.
+            let mut attempt = 1;
+            loop {
+                let client = self.db.get().await?;
+                match client.query(TOP_NOTES_SQL, &[&user.as_str(), &limit]).await {
+                    Ok(rows) => {
+                        return rows
+                            .iter()
+                            .map(|r| r.try_get::<_, String>(0))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(DbError::from);
+                    }
+                    Err(e) if attempt == 1 && is_connection_error(&e) => {
+                        // Keep the broken connection out of the pool, then try a fresh one.
+                        drop(deadpool_postgres::Object::take(client));
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(DbError::from(e)),
+                }
+            }
+        })
+    }
+}
+
+/// No notes at all: for demos and benchmarks without a database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoNotes;
+
+impl NotesSource for NoNotes {
+    fn top_notes<'a>(
+        &'a self,
+        _user: &'a UserId,
+        _limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, DbError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}

@@ -1,1 +1,2 @@
 //! Support for hikmah's end-to-end tests: real PostgreSQL databases, moto, the model files.
+pub mod model;

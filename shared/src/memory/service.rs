@@ -1,0 +1,143 @@
+//! The memory service: one completed elaboration in, the user's memory updated exactly once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use crate::db::Db;
+use crate::embed::Embedder;
+use crate::events::ElaborationCompleted;
+use crate::memory::dedup::{embedding_text, DedupPolicy};
+use crate::memory::extract::{DefaultExtractor, NoteExtractor};
+use crate::memory::normalize::content_hash;
+use crate::memory::store::{Candidate, MemoryStore, PgMemoryStore, PreparedRecord};
+use crate::memory::MemoryError;
+use crate::types::{Embedding, EventId, UserId};
+
+/// Turns texts into embeddings; implemented by [`Embedder`] (and by fakes in unit tests).
+pub trait TextEmbedder: Send + Sync {
+    /// One embedding per text, in order, computed in one call (one blocking-thread hop).
+    fn embed_texts(&self, texts: Vec<String>)
+        -> BoxFuture<'_, Result<Vec<Embedding>, MemoryError>>;
+}
+
+impl TextEmbedder for Embedder {
+    fn embed_texts(
+        &self,
+        texts: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Embedding>, MemoryError>> {
+        Box::pin(async move { self.embed(texts).await.map_err(MemoryError::Embed) })
+    }
+}
+
+/// What applying one event did, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// The event.
+    pub event_id: EventId,
+    /// Whose memory.
+    pub user_id: UserId,
+    /// The event had been applied before (a redelivery): nothing changed.
+    pub already_applied: bool,
+    /// Candidate notes extracted.
+    pub candidates: usize,
+    /// Notes inserted.
+    pub notes_added: u32,
+    /// Existing notes reinforced.
+    pub notes_reinforced: u32,
+    /// Candidates that were duplicates.
+    pub duplicates: u32,
+    /// Time spent embedding the candidates.
+    pub embed_time: Duration,
+    /// Time spent in the database (connection, transaction, commit).
+    pub db_time: Duration,
+}
+
+/// Extract → embed (one batch) → store (one transaction). Build it once at init and share it.
+#[derive(Clone)]
+pub struct MemoryService {
+    extractor: Arc<dyn NoteExtractor>,
+    embedder: Arc<dyn TextEmbedder>,
+    store: Arc<dyn MemoryStore>,
+}
+
+impl std::fmt::Debug for MemoryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryService")
+    }
+}
+
+impl MemoryService {
+    /// A service from its parts.
+    pub fn new(
+        extractor: Arc<dyn NoteExtractor>,
+        embedder: Arc<dyn TextEmbedder>,
+        store: Arc<dyn MemoryStore>,
+    ) -> Self {
+        Self {
+            extractor,
+            embedder,
+            store,
+        }
+    }
+
+    /// The production wiring: the default extractor, the real embedder, PostgreSQL.
+    pub fn postgres(db: Db, embedder: Embedder, policy: DedupPolicy) -> Self {
+        Self::new(
+            Arc::new(DefaultExtractor),
+            Arc::new(embedder),
+            Arc::new(PgMemoryStore::new(db, policy)),
+        )
+    }
+
+    /// Applies one event to its user's memory, exactly once (a redelivery changes nothing).
+    pub async fn apply(&self, event: &ElaborationCompleted) -> Result<ApplyOutcome, MemoryError> {
+        let notes = self.extractor.extract(event);
+
+        let started = Instant::now();
+        let embeddings = if notes.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder
+                .embed_texts(notes.iter().map(|n| embedding_text(n)).collect())
+                .await?
+        };
+        let embed_time = started.elapsed();
+        if embeddings.len() != notes.len() {
+            return Err(MemoryError::EmbedCount {
+                expected: notes.len(),
+                got: embeddings.len(),
+            });
+        }
+
+        let record = PreparedRecord {
+            event_id: event.event_id,
+            user_id: event.user_id.clone(),
+            candidates: notes
+                .into_iter()
+                .zip(embeddings)
+                .map(|(text, embedding)| Candidate {
+                    content_hash: content_hash(&text),
+                    text,
+                    embedding,
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        let stored = self.store.apply(&record).await?;
+        let db_time = started.elapsed();
+
+        Ok(ApplyOutcome {
+            event_id: event.event_id,
+            user_id: event.user_id.clone(),
+            already_applied: stored.already_applied,
+            candidates: record.candidates.len(),
+            notes_added: stored.notes_added,
+            notes_reinforced: stored.notes_reinforced,
+            duplicates: stored.duplicates,
+            embed_time,
+            db_time,
+        })
+    }
+}

@@ -1,0 +1,279 @@
+//! Where notes live: a small [`MemoryStore`] trait and its PostgreSQL implementation.
+//!
+//! One record is applied in ONE transaction:
+//! 1. `pg_advisory_xact_lock` on the user: records of one user are serialised (across
+//!    concurrent invocations and consumers), records of different users run in parallel;
+//! 2. `INSERT INTO processed_events ... ON CONFLICT DO NOTHING`: a conflict means the event was
+//!    already applied (a redelivery), so the record succeeds and nothing else changes;
+//! 3. the user's notes are loaded and each candidate is decided with [`DedupPolicy`] against
+//!    them and against the record's earlier candidates;
+//! 4. new notes are inserted; a matched note is reinforced (`times_seen + 1`, `last_seen_at`),
+//!    at most once per event;
+//! 5. the counts are written to the `processed_events` row, and the transaction commits.
+//!
+//! A failure anywhere rolls everything back (including the `processed_events` row), so the
+//! redelivered record is applied from scratch.
+
+use deadpool_postgres::Object;
+use futures::future::BoxFuture;
+
+use crate::db::{Client, Db};
+use crate::memory::dedup::{DedupPolicy, NoteRef};
+use crate::memory::MemoryError;
+use crate::types::{Embedding, EventId, NoteId, UserId};
+
+/// A candidate note, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The note text.
+    pub text: String,
+    /// [`content_hash`](super::normalize::content_hash) of the text.
+    pub content_hash: String,
+    /// Embedding of [`embedding_text`](super::dedup::embedding_text) of the text.
+    pub embedding: Embedding,
+}
+
+/// One event's candidates, ready to be applied.
+#[derive(Debug, Clone)]
+pub struct PreparedRecord {
+    /// The idempotency key.
+    pub event_id: EventId,
+    /// Whose memory.
+    pub user_id: UserId,
+    /// The candidate notes, in extraction order.
+    pub candidates: Vec<Candidate>,
+}
+
+/// What applying one record changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOutcome {
+    /// The event had been applied before: nothing changed.
+    pub already_applied: bool,
+    /// Notes inserted.
+    pub notes_added: u32,
+    /// Existing notes whose `times_seen` went up.
+    pub notes_reinforced: u32,
+    /// Candidates judged duplicates (of an existing note or of an earlier candidate).
+    pub duplicates: u32,
+}
+
+/// Stores candidate notes exactly once per event.
+pub trait MemoryStore: Send + Sync {
+    /// Applies one record atomically and idempotently.
+    fn apply<'a>(
+        &'a self,
+        record: &'a PreparedRecord,
+    ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>>;
+}
+
+/// The PostgreSQL store (tables `memory_notes` and `processed_events`).
+#[derive(Debug, Clone)]
+pub struct PgMemoryStore {
+    db: Db,
+    policy: DedupPolicy,
+}
+
+/// Seed of `hashtextextended` for the per-user advisory lock: keeps our lock keys apart from
+/// other users of advisory locks in the same database.
+const USER_LOCK_SEED: i64 = 0x6869_6b6d; // "hikm"
+
+impl PgMemoryStore {
+    /// A store over `db` (the pool built once at init) deciding duplicates with `policy`.
+    pub fn new(db: Db, policy: DedupPolicy) -> Self {
+        Self { db, policy }
+    }
+
+    /// The pool.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Runs the record's transaction, retrying once on a fresh connection after a
+    /// connection-class failure (the transaction did not commit, or if its COMMIT reply was
+    /// lost, the retry finds the `processed_events` row and changes nothing).
+    ///
+    /// This is [`Db::run`]'s retry, written out: its `AsyncFnMut` form makes the future fail
+    /// rustc's `Send` check when it is spawned, and every record runs on its own task.
+    async fn apply_with_retry(&self, record: &PreparedRecord) -> Result<StoreOutcome, MemoryError> {
+        let mut attempt = 1;
+        loop {
+            let result = match self.db.get().await {
+                Ok(mut client) => {
+                    let result = apply_in_transaction(&mut client, &self.policy, record).await;
+                    if let Err(err) = &result {
+                        if err.is_connection() || client.is_closed() {
+                            // Never return a broken connection to the pool.
+                            drop(Object::take(client));
+                        }
+                        // Otherwise the dropped Transaction has queued its ROLLBACK, and the
+                        // pool verifies the connection with a round trip before reuse.
+                    }
+                    result
+                }
+                Err(err) => Err(MemoryError::Db(err)),
+            };
+            match result {
+                Err(err) if attempt == 1 && err.is_connection() => {
+                    tracing::warn!(event_id = %record.event_id, error = %err, "database connection broke; retrying the record once");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl MemoryStore for PgMemoryStore {
+    fn apply<'a>(
+        &'a self,
+        record: &'a PreparedRecord,
+    ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>> {
+        Box::pin(self.apply_with_retry(record))
+    }
+}
+
+/// A note of the user, as loaded for the decision.
+struct Known {
+    id: NoteId,
+    text: String,
+    content_hash: String,
+    embedding: Embedding,
+    /// Inserted by this record (a match is a duplicate among the record's own candidates).
+    from_this_record: bool,
+    /// Already reinforced by this record (reinforce at most once per event).
+    reinforced: bool,
+}
+
+async fn apply_in_transaction(
+    client: &mut Client,
+    policy: &DedupPolicy,
+    record: &PreparedRecord,
+) -> Result<StoreOutcome, MemoryError> {
+    let user = record.user_id.as_str();
+    let event = record.event_id.as_uuid();
+    let tx = client.transaction().await.map_err(db)?;
+
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+        &[&user, &USER_LOCK_SEED],
+    )
+    .await
+    .map_err(db)?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO processed_events (event_id, user_id) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
+            &[&event, &user],
+        )
+        .await
+        .map_err(db)?;
+    if inserted == 0 {
+        tx.commit().await.map_err(db)?;
+        return Ok(StoreOutcome {
+            already_applied: true,
+            ..StoreOutcome::default()
+        });
+    }
+
+    let rows = tx
+        .query(
+            "SELECT id, content, content_hash, embedding FROM memory_notes WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .map_err(db)?;
+    let mut known = Vec::with_capacity(rows.len() + record.candidates.len());
+    for row in rows {
+        let id: i64 = row.try_get(0).map_err(db)?;
+        let raw: Vec<f32> = row.try_get(3).map_err(db)?;
+        let embedding = Embedding::from_stored(raw).map_err(|source| MemoryError::CorruptNote {
+            id: NoteId(id),
+            source,
+        })?;
+        known.push(Known {
+            id: NoteId(id),
+            text: row.try_get(1).map_err(db)?,
+            content_hash: row.try_get(2).map_err(db)?,
+            embedding,
+            from_this_record: false,
+            reinforced: false,
+        });
+    }
+
+    let mut outcome = StoreOutcome::default();
+    for candidate in &record.candidates {
+        let cand = NoteRef {
+            text: &candidate.text,
+            content_hash: &candidate.content_hash,
+            embedding: &candidate.embedding,
+        };
+        let existing = known.iter().enumerate().map(|(i, k)| {
+            (
+                i,
+                NoteRef {
+                    text: &k.text,
+                    content_hash: &k.content_hash,
+                    embedding: &k.embedding,
+                },
+            )
+        });
+        if let Some((index, _decision)) = policy.best_match(cand, existing) {
+            outcome.duplicates += 1;
+            let note = &mut known[index];
+            if !note.from_this_record && !note.reinforced {
+                tx.execute(
+                    "UPDATE memory_notes SET times_seen = times_seen + 1, last_seen_at = now() WHERE id = $1",
+                    &[&note.id.0],
+                )
+                .await
+                .map_err(db)?;
+                note.reinforced = true;
+                outcome.notes_reinforced += 1;
+            }
+            continue;
+        }
+        // The user lock makes a conflict impossible unless a stored hash was computed by an
+        // older normalisation; then the row is the same note, so reinforce it.
+        let row = tx
+            .query_one(
+                "INSERT INTO memory_notes (user_id, content, content_hash, embedding, source_event_id) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (user_id, content_hash) \
+                 DO UPDATE SET times_seen = memory_notes.times_seen + 1, last_seen_at = now() \
+                 RETURNING id, (xmax = 0) AS inserted",
+                &[&user, &candidate.text, &candidate.content_hash, &candidate.embedding.as_slice(), &event],
+            )
+            .await
+            .map_err(db)?;
+        let id: i64 = row.try_get(0).map_err(db)?;
+        let fresh: bool = row.try_get(1).map_err(db)?;
+        if fresh {
+            outcome.notes_added += 1;
+        } else {
+            outcome.duplicates += 1;
+            outcome.notes_reinforced += 1;
+        }
+        known.push(Known {
+            id: NoteId(id),
+            text: candidate.text.clone(),
+            content_hash: candidate.content_hash.clone(),
+            embedding: candidate.embedding.clone(),
+            from_this_record: fresh,
+            reinforced: !fresh,
+        });
+    }
+
+    let added = i32::try_from(outcome.notes_added).unwrap_or(i32::MAX);
+    let reinforced = i32::try_from(outcome.notes_reinforced).unwrap_or(i32::MAX);
+    tx.execute(
+        "UPDATE processed_events SET notes_added = $2, notes_reinforced = $3 WHERE event_id = $1",
+        &[&event, &added, &reinforced],
+    )
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(outcome)
+}
+
+fn db(err: tokio_postgres::Error) -> MemoryError {
+    MemoryError::Db(err.into())
+}

@@ -1,0 +1,701 @@
+//! PostgreSQL: a pre-pinged pool that never hands out a dead connection, and migrations.
+//!
+//! The original service failed on its *second* request: the pool handed out a connection the
+//! server had closed while the Lambda environment was frozen. Here every layer guards against it:
+//!
+//! - [`RecyclingMethod::Verified`]: a real round trip before a pooled connection is reused
+//!   (like SQLAlchemy's `pool_pre_ping`), bounded by the recycle timeout;
+//! - [`Db::start_invocation`] drops connections older than `POOL_MAX_AGE_SECS` at the start of
+//!   each invocation (like `pool_recycle`: no background task runs while an environment is
+//!   frozen), and a pre-recycle hook does the same for long-running processes;
+//! - [`Db::run`] retries a unit of work once, on a fresh connection, when it failed on a
+//!   connection-class error ([`ConnectionClass`]);
+//! - wait / create / recycle timeouts, a connect timeout, a server-side `statement_timeout`
+//!   and TCP keepalives, so a dead database fails an invocation in seconds, not at the Lambda
+//!   timeout.
+//!
+//! Credentials come from `DATABASE_URL`, or in AWS from a Secrets Manager secret read through
+//! the Parameters and Secrets Lambda Extension (see [`secret`]).
+
+use std::fmt;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    TimeoutType,
+};
+use tokio::sync::oneshot;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::config::{DbConfig, DbSource};
+
+mod migrate;
+pub mod secret;
+
+pub use migrate::{
+    migrate, schema_version, Migration, MigrationReport, LATEST_SCHEMA_VERSION, MIGRATIONS,
+};
+
+/// A pooled connection, as handed to a unit of work by [`Db::run`].
+pub type Client = deadpool_postgres::Client;
+
+/// A pooled connection lent to one attempt of a unit of work by [`Db::run`]; derefs to
+/// [`Client`] (so `conn.transaction()`, `conn.query(..)` work). When dropped it goes back to
+/// `run`, which returns it to the pool or, after an error, discards it if it is in doubt.
+pub struct Conn {
+    // Both are Some from construction until Drop.
+    client: Option<Client>,
+    back: Option<oneshot::Sender<Client>>,
+}
+
+impl Deref for Conn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        match &self.client {
+            Some(client) => client,
+            None => unreachable!("a Conn holds its client until it is dropped"),
+        }
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        match &mut self.client {
+            Some(client) => client,
+            None => unreachable!("a Conn holds its client until it is dropped"),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let (Some(client), Some(back)) = (self.client.take(), self.back.take()) {
+            // If `run` is gone (its future was dropped), the client returns to the pool here;
+            // a Transaction dropped with it has already queued its ROLLBACK.
+            drop(back.send(client));
+        }
+    }
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Conn")
+    }
+}
+
+/// Errors that say whether they were caused by a broken or unreachable connection.
+///
+/// [`Db::run`] retries a unit of work once when its error is connection-class. Implement this
+/// for your own error type (delegating to [`DbError::is_connection`] for its database variant)
+/// to return it from a unit of work.
+pub trait ConnectionClass {
+    /// True when the connection (not the statement) failed, so a fresh connection may succeed.
+    fn is_connection(&self) -> bool;
+}
+
+/// A database failure, with enough context to act on it (never the password).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// A connection could not be opened (refused, DNS, authentication, TLS...).
+    #[error(
+        "cannot connect to PostgreSQL at {target}: {detail} \
+         (check DATABASE_URL / DB_SECRET_ARN and that the server is reachable)"
+    )]
+    Connect {
+        /// `host:port/dbname as user`.
+        target: String,
+        /// The cause, rendered with its whole chain.
+        detail: String,
+        /// The driver's error, for callers that inspect it.
+        cause: Option<tokio_postgres::Error>,
+    },
+    /// A pool operation exceeded its configured timeout.
+    #[error("timed out after {after:?} {during} PostgreSQL at {target} (raise {setting} if the server is just slow)")]
+    Timeout {
+        /// `host:port/dbname as user`.
+        target: String,
+        /// What was being done ("connecting to", "waiting for a free pooled connection to"...).
+        during: &'static str,
+        /// The configured limit.
+        after: Duration,
+        /// The environment variable that sets it.
+        setting: &'static str,
+        /// Whether the connection itself was at fault (create/recycle), not pool exhaustion.
+        connection: bool,
+    },
+    /// A statement failed (bad SQL, constraint, statement timeout) or the connection broke.
+    #[error("database error: {detail}")]
+    Query {
+        /// The server's message, SQLSTATE, detail and hint, or the I/O failure.
+        detail: String,
+        /// The driver's error, for callers that inspect it.
+        cause: tokio_postgres::Error,
+    },
+    /// The pool was closed with [`Db::close`].
+    #[error("the database pool is closed")]
+    PoolClosed,
+    /// The credentials secret could not be read or parsed.
+    #[error("cannot read database credentials from secret {arn}: {reason}")]
+    Secret {
+        /// The secret's ARN (not secret itself).
+        arn: String,
+        /// What went wrong, and what to check.
+        reason: String,
+    },
+    /// The configuration cannot produce a working pool.
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+    /// A migration failed; the whole migration transaction was rolled back.
+    #[error("migration {version} ({name}) failed, nothing was applied: {source}")]
+    Migration {
+        /// The failing migration's version.
+        version: i64,
+        /// Its name.
+        name: &'static str,
+        /// Why.
+        source: Box<DbError>,
+    },
+}
+
+impl DbError {
+    /// True when the connection (not the statement) failed, so a fresh connection may succeed.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Self::Connect { .. } => true,
+            Self::Timeout { connection, .. } => *connection,
+            Self::Query { cause, .. } => is_connection_error(cause),
+            Self::Migration { source, .. } => source.is_connection(),
+            Self::PoolClosed | Self::Secret { .. } | Self::Config(_) => false,
+        }
+    }
+
+    /// The server's SQLSTATE, when the server reported the error.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            Self::Query { cause, .. } => cause.code(),
+            Self::Connect {
+                cause: Some(cause), ..
+            } => cause.code(),
+            Self::Migration { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// The driver's error, when there is one.
+    pub fn pg_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            Self::Query { cause, .. } => Some(cause),
+            Self::Connect { cause, .. } => cause.as_ref(),
+            Self::Migration { source, .. } => source.pg_error(),
+            _ => None,
+        }
+    }
+}
+
+impl ConnectionClass for DbError {
+    fn is_connection(&self) -> bool {
+        DbError::is_connection(self)
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(cause: tokio_postgres::Error) -> Self {
+        Self::Query {
+            detail: describe(&cause),
+            cause,
+        }
+    }
+}
+
+/// SQLSTATEs after which the session is gone (or going), so only a new connection helps.
+const CONNECTION_CODES: [&str; 5] = [
+    "57P01", // admin_shutdown (pg_terminate_backend, smart/fast shutdown)
+    "57P02", // crash_shutdown
+    "57P03", // cannot_connect_now (starting up / shutting down)
+    "57P05", // idle_session_timeout
+    "25P03", // idle_in_transaction_session_timeout
+];
+
+/// Whether a driver error means the connection broke rather than the statement failing.
+pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(code) = err.code() {
+        let code = code.code();
+        return code.starts_with("08") || CONNECTION_CODES.contains(&code);
+    }
+    // Io and Connect kinds carry the std::io::Error that broke the socket (reset, broken pipe,
+    // timed out...); the driver does not expose its error kind otherwise.
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    matches!(
+        err.to_string().as_str(),
+        "error communicating with the server"
+            | "unexpected message from server"
+            | "error parsing response from server"
+            | "timeout waiting for server"
+    )
+}
+
+/// Renders a driver error with its cause: `tokio_postgres` alone says just "db error".
+fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let mut s = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            s.push_str(&format!("; detail: {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            s.push_str(&format!("; hint: {hint}"));
+        }
+        return s;
+    }
+    let mut s = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        s.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    s
+}
+
+/// The pool and what it needs to report errors: cheap to clone, share it across tasks.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: String,
+    max_age: Duration,
+    connect_timeout: Duration,
+    wait_timeout: Duration,
+    recycle_timeout: Duration,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("Db")
+            .field("target", &self.inner.target)
+            .field("max_size", &status.max_size)
+            .field("size", &status.size)
+            .field("available", &status.available)
+            .finish()
+    }
+}
+
+impl Db {
+    /// Builds the pool and opens (and pings) one connection, so the first request does not pay
+    /// for it. A failure names the host and port, never the password.
+    pub async fn connect(cfg: &DbConfig) -> Result<Db, DbError> {
+        let db = Self::connect_lazy(cfg).await?;
+        let client = db.get().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| db.connect_error(e))?;
+        drop(client);
+        tracing::debug!(target = %db.inner.target, "database pool ready (one warm connection)");
+        Ok(db)
+    }
+
+    /// Builds the pool without opening a connection (credentials are still resolved).
+    pub async fn connect_lazy(cfg: &DbConfig) -> Result<Db, DbError> {
+        let base = match &cfg.source {
+            DbSource::Url(url) => url
+                .expose()
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| {
+                    // The parse error never contains the URL itself, but be explicit about it.
+                    DbError::Config(format!("DATABASE_URL cannot be parsed ([redacted]): {e}"))
+                })?,
+            DbSource::SecretArn(arn) => {
+                let secret = secret::fetch_rds_secret(arn, cfg.connect_timeout).await?;
+                secret.to_pg_config()
+            }
+        };
+        Self::from_pg_config(base, cfg)
+    }
+
+    /// Builds the pool from an already parsed driver config, adding our settings to it.
+    pub fn from_pg_config(mut pg: tokio_postgres::Config, cfg: &DbConfig) -> Result<Db, DbError> {
+        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(DbError::Config(
+                "sslmode=require is not supported by this build (TLS is not compiled in); \
+                 use sslmode=disable or prefer"
+                    .into(),
+            ));
+        }
+        apply_session_settings(&mut pg, cfg);
+        let target = describe_target(&pg);
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let max_age = cfg.pool_max_age;
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(cfg.wait_timeout))
+            .create_timeout(Some(cfg.connect_timeout))
+            .recycle_timeout(Some(cfg.recycle_timeout))
+            // Long-running processes (the local runner, the CLI) never call start_invocation:
+            // refuse to reuse an over-age connection here too; the pool then opens a new one.
+            .pre_recycle(Hook::sync_fn(move |_, metrics| {
+                if metrics.age() > max_age {
+                    Err(HookError::message(
+                        "connection older than POOL_MAX_AGE_SECS",
+                    ))
+                } else {
+                    Ok(())
+                }
+            }))
+            .build()
+            .map_err(|e| DbError::Config(format!("cannot build the connection pool: {e}")))?;
+        Ok(Db {
+            pool,
+            inner: Arc::new(Inner {
+                target,
+                max_age,
+                connect_timeout: cfg.connect_timeout,
+                wait_timeout: cfg.wait_timeout,
+                recycle_timeout: cfg.recycle_timeout,
+            }),
+        })
+    }
+
+    /// Call at the start of every invocation: drops pooled connections older than
+    /// `POOL_MAX_AGE_SECS` (no background task can do it while the environment is frozen).
+    /// Returns how many were dropped.
+    pub fn start_invocation(&self) -> usize {
+        let max_age = self.inner.max_age;
+        let removed = self
+            .pool
+            .retain(|_, metrics| metrics.age() <= max_age)
+            .removed;
+        if !removed.is_empty() {
+            tracing::debug!(
+                dropped = removed.len(),
+                "dropped over-age database connections"
+            );
+        }
+        removed.len()
+    }
+
+    /// A pooled connection, verified by a round trip when reused. Prefer [`Db::run`], which
+    /// also retries and keeps a connection in doubt out of the pool.
+    pub async fn get(&self) -> Result<Client, DbError> {
+        self.pool.get().await.map_err(|e| self.pool_error(e))
+    }
+
+    /// Runs a unit of work on a pooled connection; retries it once, on a fresh connection, when
+    /// it failed on a connection-class error ([`ConnectionClass::is_connection`]). Other errors
+    /// (bad SQL, a constraint, a statement timeout) are returned as they are.
+    ///
+    /// `work` gets the connection by value as a [`Conn`] (it derefs to [`Client`]) and returns
+    /// a future; taking it by value, rather than an `AsyncFnMut(&mut Client)`, keeps the
+    /// future `Send` (rustc cannot yet prove `Send` for futures of higher-ranked async closures).
+    /// Capture what the work needs by reference or by copy; `work` is called again on a retry.
+    ///
+    /// ```ignore
+    /// let added: u64 = db
+    ///     .run(|mut conn| async move {
+    ///         let tx = conn.transaction().await?;
+    ///         let n = tx.execute("INSERT ...", &[&a, &b]).await?;
+    ///         tx.commit().await?;
+    ///         Ok::<_, DbError>(n)
+    ///     })
+    ///     .await?;
+    /// ```
+    ///
+    /// The error type is yours when it is `From<DbError> + ConnectionClass` (convert driver
+    /// errors with `DbError::from`); `DbError` itself qualifies.
+    ///
+    /// `work` may run twice, so it must be safe to repeat: do its writes in one transaction (a
+    /// broken connection means the transaction did not commit, except in the rare case that the
+    /// connection broke while the `COMMIT` reply was in flight, so make writes idempotent, as
+    /// the consumer does with its `processed_events` row).
+    ///
+    /// An error returned while a transaction is open is safe: dropping a `Transaction` queues
+    /// a `ROLLBACK` ahead of anything else sent on that connection. After any error, before
+    /// `run` returns, the connection is checked to be outside a transaction (one round trip, on
+    /// the error path only, which also waits for that `ROLLBACK`); it is discarded if broken or
+    /// if that cannot be confirmed. So when `run` returns, no transaction is left open.
+    pub async fn run<T, E, F, Fut>(&self, mut work: F) -> Result<T, E>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<DbError> + ConnectionClass,
+    {
+        let mut attempt = 1;
+        loop {
+            let result = match self.get().await {
+                Ok(client) => {
+                    let (back, mut returned) = oneshot::channel();
+                    let result = work(Conn {
+                        client: Some(client),
+                        back: Some(back),
+                    })
+                    .await;
+                    // The work's future is gone, and its Conn with it, unless the work stored
+                    // the Conn somewhere (then it goes back to the pool whenever that drops it).
+                    if let (Err(err), Ok(client)) = (&result, returned.try_recv()) {
+                        self.release_after_error(client, err.is_connection()).await;
+                    }
+                    result
+                }
+                Err(err) => Err(E::from(err)),
+            };
+            match result {
+                Err(err) if attempt == 1 && err.is_connection() => {
+                    tracing::warn!(
+                        target = %self.inner.target,
+                        "unit of work failed on a broken database connection; retrying once"
+                    );
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Returns a connection to the pool after its unit of work failed, or discards it when it is
+    /// broken or may still be inside a transaction.
+    async fn release_after_error(&self, client: Client, connection_error: bool) {
+        if connection_error || client.is_closed() {
+            drop(Object::take(client));
+            return;
+        }
+        // Outside a transaction block every statement starts its own transaction, so the two
+        // timestamps are equal; inside one (a raw BEGIN left open) they differ, and in an aborted
+        // transaction the query fails. Either way: discard the connection.
+        let probe = client.simple_query("SELECT transaction_timestamp() = statement_timestamp()");
+        let idle = match tokio::time::timeout(self.inner.recycle_timeout, probe).await {
+            Ok(Ok(messages)) => messages.iter().any(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0) == Some("t"),
+                _ => false,
+            }),
+            _ => false,
+        };
+        if !idle {
+            tracing::warn!("discarding a database connection left inside a transaction");
+            drop(Object::take(client));
+        }
+    }
+
+    /// The underlying pool (status, resizing in tests).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// `host:port/dbname as user`, for messages (never the password).
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// Closes the pool: waiting and future `get`s fail with [`DbError::PoolClosed`].
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    fn connect_error(&self, cause: tokio_postgres::Error) -> DbError {
+        DbError::Connect {
+            target: self.inner.target.clone(),
+            detail: describe(&cause),
+            cause: Some(cause),
+        }
+    }
+
+    fn pool_error(&self, err: PoolError) -> DbError {
+        let target = self.inner.target.clone();
+        match err {
+            PoolError::Backend(cause) => self.connect_error(cause),
+            PoolError::Timeout(TimeoutType::Wait) => DbError::Timeout {
+                target,
+                during: "waiting for a free pooled connection to",
+                after: self.inner.wait_timeout,
+                setting: "DB_POOL_WAIT_TIMEOUT_MS (or POOL_MAX_SIZE)",
+                connection: false,
+            },
+            PoolError::Timeout(TimeoutType::Create) => DbError::Timeout {
+                target,
+                during: "connecting to",
+                after: self.inner.connect_timeout,
+                setting: "DB_CONNECT_TIMEOUT_MS",
+                connection: true,
+            },
+            PoolError::Timeout(TimeoutType::Recycle) => DbError::Timeout {
+                target,
+                during: "checking a pooled connection to",
+                after: self.inner.recycle_timeout,
+                setting: "DB_RECYCLE_TIMEOUT_MS",
+                connection: true,
+            },
+            PoolError::Closed => DbError::PoolClosed,
+            PoolError::NoRuntimeSpecified => {
+                DbError::Config("the pool has no async runtime".into())
+            }
+            PoolError::PostCreateHook(e) => DbError::Connect {
+                target,
+                detail: e.to_string(),
+                cause: None,
+            },
+        }
+    }
+}
+
+/// Adds our per-session settings to the driver config. Server-side settings go in the startup
+/// packet's `options`, so they cost no round trip; options already in the URL come after ours
+/// and so take precedence.
+fn apply_session_settings(pg: &mut tokio_postgres::Config, cfg: &DbConfig) {
+    let statement_ms = cfg.statement_timeout.as_millis();
+    // A transaction left idle (a bug, or a client that died mid-transaction) must not hold
+    // locks for ever; real transactions here are short and never wait on the network.
+    let idle_tx_ms = (statement_ms * 2).max(60_000);
+    let mut options = format!(
+        "-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_tx_ms}"
+    );
+    if let Some(theirs) = pg.get_options() {
+        options.push(' ');
+        options.push_str(theirs);
+    }
+    pg.options(options)
+        .application_name(&cfg.application_name)
+        .connect_timeout(cfg.connect_timeout)
+        .keepalives(true)
+        // A peer that vanished (failover, NAT timeout) is detected in ~25 s, not hours.
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        // Unacknowledged writes to a vanished peer fail after this, instead of retransmitting
+        // for ~15 minutes.
+        .tcp_user_timeout(Duration::from_secs(25));
+}
+
+/// `host:port/dbname as user` (or the socket path), never the password.
+fn describe_target(pg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports
+                .get(i)
+                .or_else(|| ports.first())
+                .copied()
+                .unwrap_or(5432);
+            match host {
+                Host::Tcp(h) => format!("{h}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(",")
+    };
+    let user = pg.get_user().unwrap_or("(default user)");
+    let dbname = pg.get_dbname().unwrap_or(user);
+    format!("{hosts}/{dbname} as {user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+
+    fn cfg(url: &str) -> DbConfig {
+        DbConfig::from_env(&Env::from_pairs([("DATABASE_URL", url)]), 1).unwrap()
+    }
+
+    #[test]
+    fn target_names_host_port_database_and_user_but_not_the_password() {
+        let pg: tokio_postgres::Config = "postgres://app:hunter2@db.example:6543/notes"
+            .parse()
+            .unwrap();
+        let target = describe_target(&pg);
+        assert_eq!(target, "db.example:6543/notes as app");
+    }
+
+    #[test]
+    fn session_settings_go_in_the_startup_options_and_url_options_win() {
+        let c = cfg("postgres://app@h/db?options=-c%20search_path%3Dx");
+        let mut pg: tokio_postgres::Config = "postgres://app@h/db?options=-c%20search_path%3Dx"
+            .parse()
+            .unwrap();
+        apply_session_settings(&mut pg, &c);
+        let options = pg.get_options().unwrap();
+        assert!(
+            options.starts_with("-c statement_timeout=10000 "),
+            "{options}"
+        );
+        assert!(options.ends_with("-c search_path=x"), "{options}");
+        assert_eq!(pg.get_application_name(), Some("hikmah"));
+        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert!(pg.get_keepalives());
+    }
+
+    #[tokio::test]
+    async fn a_connection_failure_names_host_and_port_but_never_the_password() {
+        let mut c = cfg("postgres://app:hunter2@127.0.0.1:1/db");
+        c.connect_timeout = Duration::from_millis(500);
+        let err = Db::connect(&c).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("127.0.0.1:1"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+        assert!(err.is_connection(), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_pool_debug_output_never_shows_the_password() {
+        let db = Db::connect_lazy(&cfg("postgres://app:hunter2@127.0.0.1:1/db"))
+            .await
+            .unwrap();
+        let text = format!("{db:?}");
+        assert!(text.contains("127.0.0.1:1"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!format!("{:?}", db.pool()).contains("hunter2"));
+    }
+
+    /// Compile-time check: a unit of work that borrows from its caller and opens a transaction
+    /// gives a `Send` future, so it can be spawned and boxed (`BoxFuture`).
+    #[allow(dead_code)]
+    fn run_future_is_send_when_work_borrows_and_uses_a_transaction(db: &Db, user: &str, n: i64) {
+        fn assert_send<T: Send>(_: T) {}
+        assert_send(db.run(|mut conn| async move {
+            let tx = conn.transaction().await?;
+            tx.execute("SELECT $1::text, $2::bigint", &[&user, &n])
+                .await?;
+            tx.commit().await?;
+            Ok::<_, DbError>(())
+        }));
+    }
+
+    #[test]
+    fn url_with_sslmode_require_is_refused_with_a_clear_message() {
+        let pg: tokio_postgres::Config = "postgres://app@h/db?sslmode=require".parse().unwrap();
+        let err = Db::from_pg_config(pg, &cfg("postgres://app@h/db")).unwrap_err();
+        assert!(err.to_string().contains("sslmode"), "{err}");
+    }
+}

@@ -1,0 +1,270 @@
+//! Database credentials from AWS Secrets Manager, through the AWS Parameters and Secrets Lambda
+//! Extension.
+//!
+//! With `DB_SECRET_ARN` set (and no `DATABASE_URL`), [`super::Db::connect`] asks the extension,
+//! which caches the secret inside the execution environment:
+//!
+//! ```text
+//! GET http://localhost:2773/secretsmanager/get?secretId=<ARN>
+//! X-Aws-Parameters-Secrets-Token: $AWS_SESSION_TOKEN
+//! ```
+//!
+//! The port is `PARAMETERS_SECRETS_EXTENSION_HTTP_PORT` when set (the extension's own setting).
+//! The reply is the `GetSecretValue` JSON; its `SecretString` is the RDS secret format
+//! `{"host", "port", "username", "password", "dbname"}` (`port` may be a number or a string,
+//! `dbname` defaults to `postgres`). The function needs the extension layer and
+//! `secretsmanager:GetSecretValue` on the secret.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::DbError;
+use crate::config::Secret;
+
+/// Default port of the Parameters and Secrets Lambda Extension.
+pub const EXTENSION_DEFAULT_PORT: u16 = 2773;
+
+/// Credentials of an RDS database, as stored by RDS / Secrets Manager.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RdsSecret {
+    /// Server host name.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Login role.
+    pub username: String,
+    /// Its password (never printed).
+    pub password: Secret,
+    /// Database name.
+    pub dbname: String,
+}
+
+impl fmt::Debug for RdsSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RdsSecret")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("dbname", &self.dbname)
+            .finish()
+    }
+}
+
+impl RdsSecret {
+    /// The driver configuration for these credentials (our session settings are added later).
+    pub fn to_pg_config(&self) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&self.host)
+            .port(self.port)
+            .user(&self.username)
+            .password(self.password.expose())
+            .dbname(&self.dbname);
+        pg
+    }
+}
+
+#[derive(Deserialize)]
+struct GetSecretValue {
+    #[serde(rename = "SecretString")]
+    secret_string: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Port {
+    Number(u16),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+struct RawRdsSecret {
+    host: Option<String>,
+    port: Option<Port>,
+    username: Option<String>,
+    password: Option<String>,
+    dbname: Option<String>,
+}
+
+/// Parses the extension's reply into credentials. The error never contains the secret's values.
+pub fn parse_extension_response(body: &str) -> Result<RdsSecret, String> {
+    let reply: GetSecretValue = serde_json::from_str(body).map_err(|e| {
+        format!(
+            "the extension's reply is not GetSecretValue JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    let secret = reply
+        .secret_string
+        .ok_or("the secret has no SecretString (binary secrets are not supported)")?;
+    parse_rds_secret(&secret)
+}
+
+/// Parses an RDS-format `SecretString`. The error never contains the secret's values.
+pub fn parse_rds_secret(secret_string: &str) -> Result<RdsSecret, String> {
+    // serde_json's messages can quote the input; report only the position.
+    let raw: RawRdsSecret = serde_json::from_str(secret_string).map_err(|e| {
+        format!(
+            "SecretString is not a JSON object of host, port, username, password, dbname \
+             (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    let required = |v: Option<String>, field: &str| {
+        v.filter(|s| !s.is_empty())
+            .ok_or(format!("SecretString has no \"{field}\""))
+    };
+    let port = match raw.port {
+        None => 5432,
+        Some(Port::Number(p)) => p,
+        Some(Port::Text(t)) => t
+            .trim()
+            .parse()
+            .map_err(|_| "SecretString \"port\" is not a port number".to_owned())?,
+    };
+    Ok(RdsSecret {
+        host: required(raw.host, "host")?,
+        port,
+        username: required(raw.username, "username")?,
+        password: Secret::new(required(raw.password, "password")?),
+        dbname: raw
+            .dbname
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "postgres".to_owned()),
+    })
+}
+
+/// The extension's URL for a secret id (URL-encoded: names may contain `+`, `/`, `=`, `@`).
+pub fn extension_url(port: u16, arn: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse_with_params(
+        &format!("http://localhost:{port}/secretsmanager/get"),
+        &[("secretId", arn)],
+    )
+    .map_err(|e| format!("cannot build the extension URL: {e}"))
+}
+
+/// Reads the RDS secret `arn` through the extension running in this execution environment.
+pub async fn fetch_rds_secret(arn: &str, timeout: Duration) -> Result<RdsSecret, DbError> {
+    let fail = |reason: String| DbError::Secret {
+        arn: arn.to_owned(),
+        reason,
+    };
+    let port = match std::env::var("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT") {
+        Ok(p) => p.trim().parse::<u16>().map_err(|_| {
+            fail(format!(
+                "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT={p} is not a port number"
+            ))
+        })?,
+        Err(_) => EXTENSION_DEFAULT_PORT,
+    };
+    let token = std::env::var("AWS_SESSION_TOKEN").map_err(|_| {
+        fail("AWS_SESSION_TOKEN is not set: DB_SECRET_ARN works only inside Lambda (use DATABASE_URL elsewhere)".into())
+    })?;
+    let url = extension_url(port, arn).map_err(fail)?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(timeout)
+        // The extension fetches from Secrets Manager on a cache miss: allow it a little longer.
+        .timeout(timeout + Duration::from_secs(5))
+        .build()
+        .map_err(|e| fail(format!("cannot build an HTTP client: {e}")))?;
+    let response = client
+        .get(url)
+        .header("X-Aws-Parameters-Secrets-Token", token)
+        .send()
+        .await
+        .map_err(|e| {
+            fail(format!(
+                "the Parameters and Secrets Lambda Extension on localhost:{port} did not answer ({e}); \
+                 is the extension layer attached to the function?"
+            ))
+        })?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| fail(format!("reading the extension's reply: {e}")))?;
+    if !status.is_success() {
+        // The extension's error bodies are short messages about the request, not the secret.
+        let snippet: String = body.chars().take(300).collect();
+        return Err(fail(format!(
+            "the extension answered HTTP {status}: {snippet} (check the ARN and the function's \
+             secretsmanager:GetSecretValue permission)"
+        )));
+    }
+    parse_extension_response(&body).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(secret_string: &str) -> String {
+        serde_json::json!({
+            "ARN": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hikmah-db-AbCdEf",
+            "Name": "hikmah-db",
+            "SecretString": secret_string,
+            "VersionId": "v1",
+            "VersionStages": ["AWSCURRENT"],
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn rds_secret_is_parsed_from_the_extension_reply() {
+        let body = reply(
+            r#"{"engine":"postgres","host":"db.abc.eu-west-1.rds.amazonaws.com","port":5432,
+                "username":"hikmah","password":"p@ss:w/rd","dbname":"hikmah"}"#,
+        );
+        let s = parse_extension_response(&body).unwrap();
+        assert_eq!(s.host, "db.abc.eu-west-1.rds.amazonaws.com");
+        assert_eq!(s.port, 5432);
+        assert_eq!(s.username, "hikmah");
+        assert_eq!(s.password.expose(), "p@ss:w/rd");
+        assert_eq!(s.dbname, "hikmah");
+        let pg = s.to_pg_config();
+        assert_eq!(pg.get_password(), Some(&b"p@ss:w/rd"[..]));
+        assert_eq!(pg.get_ports(), &[5432]);
+    }
+
+    #[test]
+    fn port_as_text_and_missing_dbname_are_accepted() {
+        let s = parse_rds_secret(r#"{"host":"h","port":"6543","username":"u","password":"p"}"#)
+            .unwrap();
+        assert_eq!(s.port, 6543);
+        assert_eq!(s.dbname, "postgres");
+    }
+
+    #[test]
+    fn missing_fields_are_named_and_values_never_echoed() {
+        let err = parse_rds_secret(r#"{"host":"h","username":"u"}"#).unwrap_err();
+        assert!(err.contains("\"password\""), "{err}");
+        let err =
+            parse_rds_secret(r#"{"host":"h","username":"u","password":"hunter2","port":"x"}"#)
+                .unwrap_err();
+        assert!(err.contains("port") && !err.contains("hunter2"), "{err}");
+        let err = parse_rds_secret(r#"{"password":"hunter2", oops}"#).unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse_extension_response(r#"{"Name":"x"}"#).unwrap_err();
+        assert!(err.contains("SecretString"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_redacts_the_password() {
+        let s = parse_rds_secret(r#"{"host":"h","username":"u","password":"hunter2"}"#).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secret_id_is_url_encoded() {
+        let url = extension_url(2773, "arn:aws:secretsmanager:r:1:secret:a+b/c=d").unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://localhost:2773/secretsmanager/get?secretId=arn%3Aaws%3Asecretsmanager%3Ar%3A1%3Asecret%3Aa%2Bb%2Fc%3Dd"
+        );
+    }
+}

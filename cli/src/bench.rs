@@ -1,15 +1,145 @@
 //! `hikmah bench ...`: measurements printed as tables (speed targets live here, not in tests).
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use shared::config::{EmbedConfig, Env};
+use shared::embed::Embedder;
 
 /// Benchmarks.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Embedder throughput: batch 1 and 32, ~20 and ~120 tokens, 1 thread and all threads.
-    Embed,
+    Embed(EmbedArgs),
 }
 
 /// Runs a benchmark.
-pub async fn run(_cmd: Command) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Embed(args) => bench_embed(args).await,
+    }
+}
+
+/// Options of `hikmah bench embed`.
+#[derive(Debug, clap::Args)]
+pub struct EmbedArgs {
+    /// Seconds of measurement per row (after one warm-up call).
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+}
+
+/// Short texts: about 20 tokens each (measured and printed).
+const SHORT: &str =
+    "Patience is the key to relief, and gratitude keeps the heart soft in times of hardship";
+
+/// Long texts: about 120 tokens each (measured and printed).
+const LONG: &str =
+    "Whoever travels a path in search of knowledge, God makes easy for him a path to \
+    Paradise. Do not be people without minds of your own, saying that if others treat you well you \
+    will treat them well, and that if they do wrong you will do wrong; rather, accustom yourselves \
+    to do good if people do good and not to do wrong if they do evil. The scholars say that \
+    knowledge without action is like a tree without fruit, and action without sincerity is like a \
+    traveller who fills his bag with sand: it weighs him down and does not benefit him at all";
+
+/// Embedder throughput and peak memory for each combination, as a markdown table.
+async fn bench_embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
+    let base = EmbedConfig::from_env(&Env::process())?;
+    let seconds = Duration::from_secs_f64(args.seconds.max(0.1));
+    // All of it is CPU-bound and synchronous: keep it off the async executor.
+    tokio::task::spawn_blocking(move || embed_table(&base, seconds))
+        .await
+        .context("the benchmark thread panicked")??;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn embed_table(base: &EmbedConfig, seconds: Duration) -> anyhow::Result<()> {
+    let all = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut threads = vec![1];
+    if all > 1 {
+        threads.push(all);
+    }
+    println!(
+        "Embedder: {} ({} cores available; {:.1} s per row)\n",
+        base.model_dir.join(shared::embed::MODEL_FILE).display(),
+        all,
+        seconds.as_secs_f64()
+    );
+    println!("| threads | batch | tokens/text | mode | embeddings/s | ms/call | peak RSS (MiB) |");
+    println!("|--:|--:|--:|:--|--:|--:|--:|");
+    for &t in &threads {
+        let embedder = Embedder::load(&EmbedConfig {
+            intra_threads: t,
+            ..base.clone()
+        })?;
+        for base_text in [SHORT, LONG] {
+            // Distinct texts (a number in front) so nothing can be cached; lengths stay equal ±1.
+            let texts: Vec<String> = (0..32).map(|i| format!("{i} {base_text}")).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let tokens = refs
+                .iter()
+                .map(|t| embedder.token_count(t))
+                .sum::<Result<usize, _>>()?
+                / refs.len();
+            let rows: [(usize, &str); 3] =
+                [(1, "per-text"), (32, "per-text"), (32, "padded batch")];
+            for (batch, mode) in rows {
+                let calls = &refs[..batch];
+                reset_peak_rss();
+                let run = |texts: &[&str]| match mode {
+                    "padded batch" => embedder.embed_padded_batch_blocking(texts),
+                    _ => embedder.embed_blocking(texts),
+                };
+                run(calls)?; // warm-up
+                let started = Instant::now();
+                let mut n_calls = 0u32;
+                while started.elapsed() < seconds || n_calls < 3 {
+                    run(calls)?;
+                    n_calls += 1;
+                }
+                let elapsed = started.elapsed().as_secs_f64();
+                let per_s = f64::from(n_calls) * batch as f64 / elapsed;
+                let ms_call = elapsed * 1000.0 / f64::from(n_calls);
+                let rss = peak_rss_mib().map_or_else(|| "n/a".into(), |m| format!("{m:.0}"));
+                println!(
+                    "| {t} | {batch} | {tokens} | {mode} | {per_s:.1} | {ms_call:.1} | {rss} |"
+                );
+            }
+        }
+    }
+    // The reason embed_blocking runs texts one by one, measured on mixed lengths.
+    let embedder = Embedder::load(base)?;
+    let mixed = [SHORT, LONG, "one", "", "🌙 moon", "الصبر مفتاح الفرج"];
+    let single = embedder.embed_blocking(&mixed)?;
+    let padded = embedder.embed_padded_batch_blocking(&mixed)?;
+    let max_diff = single
+        .iter()
+        .zip(&padded)
+        .flat_map(|(a, b)| {
+            a.as_slice()
+                .iter()
+                .zip(b.as_slice())
+                .map(|(x, y)| (x - y).abs())
+        })
+        .fold(0f32, f32::max);
+    println!(
+        "\nPadded batch vs per-text vectors on mixed lengths: max |difference| = {max_diff:.2e}"
+    );
+    println!("Peak RSS is the process's high-water mark (VmHWM), reset before each row where the kernel allows.");
+    Ok(())
+}
+
+/// Resets the process's peak RSS (VmHWM) so each row reports its own; best effort (Linux ≥ 4.0).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set size in MiB, from `VmHWM` in /proc/self/status.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -106,7 +106,7 @@ fn ort_environment(dylib: &Path) -> Result<ort::environment::Environment, EmbedE
     // the same way whatever was loaded before (ort itself would silently ignore it).
     if !dylib.is_file() {
         return Err(EmbedError::MissingFile {
-            what: "the ONNX Runtime library",
+            what: "ONNX Runtime library",
             path: dylib.to_owned(),
             hint: format!("{SETUP_HINT}, or set ORT_DYLIB_PATH to libonnxruntime.so 1.31"),
         });

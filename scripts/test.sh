@@ -15,6 +15,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
+log "cargo build (binaries the end-to-end tests run)"
+cargo build --workspace --bins -q
 log "cargo test"
 # Tests create their own databases and queues, so test binaries may run in parallel.
 cargo test --workspace --no-fail-fast

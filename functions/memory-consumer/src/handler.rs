@@ -1,0 +1,215 @@
+//! The SQS batch handler: every record applied (or reported failed) on its own.
+//!
+//! - Each record runs on its own task, up to the pool size at once: a record that panics is a
+//!   failed record (its `JoinError` becomes the reason), never a crashed batch.
+//! - Records of one user are serialised by the store's advisory lock, not here.
+//! - A failed record's `messageId` goes into `batchItemFailures` (the event source mapping needs
+//!   `ReportBatchItemFailures`), so only it is retried and, after `maxReceiveCount`, dead-lettered.
+//! - FIFO queues (event source ARN ending in `.fifo`): records run in order, one at a time; at
+//!   the first failure it and every later record are reported, so order within a message group
+//!   is kept.
+
+use std::time::Instant;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::StreamExt;
+use lambda_runtime::LambdaEvent;
+use shared::db::Db;
+use shared::embed::Embedder;
+use shared::events::{ElaborationCompleted, EventError};
+use shared::memory::dedup::DedupPolicy;
+use shared::memory::service::{ApplyOutcome, MemoryService};
+use shared::memory::MemoryError;
+
+/// Why one record failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The message has no body.
+    #[error("the message has no body")]
+    NoBody,
+    /// The body is not a usable event (malformed, or an unknown version).
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The memory could not be updated (database, embedder).
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Processing the record panicked.
+    #[error("processing panicked: {0}")]
+    Panicked(String),
+    /// The record's task was cancelled (the runtime is shutting down).
+    #[error("processing was cancelled")]
+    Cancelled,
+    /// An earlier record of this FIFO batch failed, so this one was not attempted.
+    #[error("not attempted: an earlier record of this FIFO batch failed")]
+    SkippedAfterFifoFailure,
+}
+
+/// Everything the handler needs, built once at init and shared by every invocation.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    service: MemoryService,
+    db: Db,
+    concurrency: usize,
+}
+
+impl Consumer {
+    /// A consumer applying records through `service`, at most `concurrency` at once
+    /// (`db` is the pool behind the service: its stale connections are dropped per invocation).
+    pub fn new(service: MemoryService, db: Db, concurrency: usize) -> Self {
+        Self { service, db, concurrency: concurrency.max(1) }
+    }
+
+    /// The production wiring: default extractor, real embedder, PostgreSQL store; concurrency =
+    /// the pool's size (more records in flight would only wait for a connection).
+    pub fn postgres(db: Db, embedder: Embedder, policy: DedupPolicy) -> Self {
+        let concurrency = db.pool().status().max_size;
+        Self::new(MemoryService::postgres(db.clone(), embedder, policy), db, concurrency)
+    }
+
+    /// Records processed at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// The pool.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// The Lambda handler (`lambda_runtime::run(service_fn(|e| function_handler(&consumer, e)))`).
+/// It never fails as a whole: failures are per record, in the response.
+pub async fn function_handler(
+    consumer: &Consumer,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    Ok(handle_batch(consumer, event.payload).await)
+}
+
+/// Applies a batch and returns the message ids of the records that failed.
+pub async fn handle_batch(consumer: &Consumer, event: SqsEvent) -> SqsBatchResponse {
+    let started = Instant::now();
+    // Connections older than POOL_MAX_AGE_SECS may have been closed while we were frozen.
+    let dropped_connections = consumer.db.start_invocation();
+    let records = event.records;
+    let total = records.len();
+    let fifo = records
+        .iter()
+        .any(|r| r.event_source_arn.as_deref().is_some_and(|arn| arn.ends_with(".fifo")));
+
+    let mut results: Vec<(String, Result<ApplyOutcome, RecordError>)> = Vec::with_capacity(total);
+    if fifo {
+        let mut failed = false;
+        for record in records {
+            let message_id = record.message_id.clone().unwrap_or_default();
+            if failed {
+                results.push((message_id, Err(RecordError::SkippedAfterFifoFailure)));
+                continue;
+            }
+            let result = process_record(consumer.service.clone(), record).await;
+            failed = result.is_err();
+            results.push((message_id, result));
+        }
+    } else {
+        let mut indexed: Vec<(usize, String, Result<ApplyOutcome, RecordError>)> =
+            futures::stream::iter(records.into_iter().enumerate())
+                .map(|(index, record)| {
+                    let service = consumer.service.clone();
+                    async move {
+                        let message_id = record.message_id.clone().unwrap_or_default();
+                        (index, message_id, process_record(service, record).await)
+                    }
+                })
+                .buffer_unordered(consumer.concurrency)
+                .collect()
+                .await;
+        indexed.sort_by_key(|(index, _, _)| *index);
+        results.extend(indexed.into_iter().map(|(_, id, r)| (id, r)));
+    }
+
+    let mut response = SqsBatchResponse::default();
+    let (mut added, mut reinforced, mut duplicates, mut redelivered) = (0u64, 0u64, 0u64, 0u64);
+    for (message_id, result) in results {
+        match result {
+            Ok(o) => {
+                added += u64::from(o.notes_added);
+                reinforced += u64::from(o.notes_reinforced);
+                duplicates += u64::from(o.duplicates);
+                redelivered += u64::from(o.already_applied);
+            }
+            Err(_) => response.add_failure(message_id),
+        }
+    }
+    let failed = response.batch_item_failures.len();
+    tracing::info!(
+        records = total,
+        succeeded = total - failed,
+        failed,
+        fifo,
+        notes_added = added,
+        notes_reinforced = reinforced,
+        duplicates,
+        already_applied = redelivered,
+        dropped_connections,
+        duration_ms = ms(started.elapsed()),
+        "batch processed"
+    );
+    response
+}
+
+/// Parses and applies one record on its own task, logging its outcome.
+async fn process_record(service: MemoryService, record: SqsMessage) -> Result<ApplyOutcome, RecordError> {
+    let message_id = record.message_id.unwrap_or_default();
+    let event = match record.body.as_deref().map(ElaborationCompleted::parse) {
+        Some(Ok(event)) => event,
+        Some(Err(err)) => return Err(log_failure(&message_id, None, err.into())),
+        None => return Err(log_failure(&message_id, None, RecordError::NoBody)),
+    };
+    let ids = (event.event_id.to_string(), event.user_id.to_string());
+    let task = tokio::spawn(async move { service.apply(&event).await });
+    let result = match task.await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(err)) => Err(RecordError::Memory(err)),
+        Err(join) if join.is_panic() => Err(RecordError::Panicked(panic_message(join.into_panic()))),
+        Err(_) => Err(RecordError::Cancelled),
+    };
+    match result {
+        Ok(o) => {
+            tracing::info!(
+                message_id,
+                event_id = %o.event_id,
+                user_id = %o.user_id,
+                already_applied = o.already_applied,
+                candidates = o.candidates,
+                notes_added = o.notes_added,
+                notes_reinforced = o.notes_reinforced,
+                duplicates = o.duplicates,
+                embed_ms = ms(o.embed_time),
+                db_ms = ms(o.db_time),
+                "record applied"
+            );
+            Ok(o)
+        }
+        Err(err) => Err(log_failure(&message_id, Some(&ids), err)),
+    }
+}
+
+fn log_failure(message_id: &str, ids: Option<&(String, String)>, err: RecordError) -> RecordError {
+    let (event_id, user_id) = ids.map(|(e, u)| (e.as_str(), u.as_str())).unwrap_or_default();
+    tracing::warn!(message_id, event_id, user_id, error = %err, "record failed; reported for redelivery");
+    err
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}

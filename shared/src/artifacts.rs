@@ -49,7 +49,10 @@ pub fn all() -> Vec<Artifact> {
 
 /// The artifacts this machine's architecture uses.
 pub fn for_this_arch() -> Vec<Artifact> {
-    all().into_iter().filter(|a| a.arch == "any" || a.arch == std::env::consts::ARCH).collect()
+    all()
+        .into_iter()
+        .filter(|a| a.arch == "any" || a.arch == std::env::consts::ARCH)
+        .collect()
 }
 
 /// The set-up's cache dir: `HIKMAH_CACHE_DIR`, else `$XDG_CACHE_HOME/hikmah`, else `~/.cache/hikmah`.

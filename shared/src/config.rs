@@ -71,7 +71,11 @@ pub struct Env {
 
 impl fmt::Debug for Env {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.vars.is_some() { "Env(map)" } else { "Env(process)" })
+        f.write_str(if self.vars.is_some() {
+            "Env(map)"
+        } else {
+            "Env(process)"
+        })
     }
 }
 
@@ -82,8 +86,17 @@ impl Env {
     }
 
     /// Reads from the given pairs only (for tests and embedding).
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Self { vars: Some(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()) }
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: Some(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+        }
     }
 
     /// The value of `name`, treating empty as unset.
@@ -101,7 +114,12 @@ impl Env {
     }
 
     /// An optional value parsed with `FromStr`, or `default` when unset.
-    pub fn parse_or<T>(&self, name: &'static str, default: T, reason: &str) -> Result<T, ConfigError>
+    pub fn parse_or<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        reason: &str,
+    ) -> Result<T, ConfigError>
     where
         T: FromStr,
     {
@@ -122,12 +140,20 @@ impl Env {
         default: u64,
         range: std::ops::RangeInclusive<u64>,
     ) -> Result<u64, ConfigError> {
-        let reason = format!("expected a whole number from {} to {}", range.start(), range.end());
+        let reason = format!(
+            "expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        );
         let v: u64 = self.parse_or(name, default, &reason)?;
         if range.contains(&v) {
             Ok(v)
         } else {
-            Err(ConfigError::Invalid { name, value: v.to_string(), reason })
+            Err(ConfigError::Invalid {
+                name,
+                value: v.to_string(),
+                reason,
+            })
         }
     }
 
@@ -138,7 +164,8 @@ impl Env {
         default_ms: u64,
         range_ms: std::ops::RangeInclusive<u64>,
     ) -> Result<Duration, ConfigError> {
-        self.int_in(name, default_ms, range_ms).map(Duration::from_millis)
+        self.int_in(name, default_ms, range_ms)
+            .map(Duration::from_millis)
     }
 
     /// An optional boolean (`true`/`false`/`1`/`0`/`yes`/`no`).
@@ -148,7 +175,11 @@ impl Env {
             Some(v) => match v.as_str() {
                 "true" | "1" | "yes" | "on" => Ok(true),
                 "false" | "0" | "no" | "off" => Ok(false),
-                _ => Err(ConfigError::Invalid { name, value: v, reason: "expected true or false".into() }),
+                _ => Err(ConfigError::Invalid {
+                    name,
+                    value: v,
+                    reason: "expected true or false".into(),
+                }),
             },
         }
     }
@@ -187,43 +218,48 @@ pub struct DbConfig {
 impl DbConfig {
     /// Reads the database section; `default_pool_size` is the function's own sensible size.
     pub fn from_env(env: &Env, default_pool_size: usize) -> Result<Self, ConfigError> {
-        let source = match (env.get("DATABASE_URL"), env.get("DB_SECRET_ARN")) {
-            (Some(url), _) => {
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
-                    return Err(ConfigError::Invalid {
-                        name: "DATABASE_URL",
-                        value: "[redacted]".into(),
-                        reason: "expected postgres://user[:password]@host[:port]/dbname".into(),
-                    });
+        let source =
+            match (env.get("DATABASE_URL"), env.get("DB_SECRET_ARN")) {
+                (Some(url), _) => {
+                    if !(url.starts_with("postgres://")
+                        || url.starts_with("postgresql://")
+                        || url.contains('='))
+                    {
+                        return Err(ConfigError::Invalid {
+                            name: "DATABASE_URL",
+                            value: "[redacted]".into(),
+                            reason: "expected postgres://user[:password]@host[:port]/dbname".into(),
+                        });
+                    }
+                    DbSource::Url(Secret::new(url))
                 }
-                DbSource::Url(Secret::new(url))
-            }
-            (None, Some(arn)) => {
-                if !arn.starts_with("arn:") {
-                    return Err(ConfigError::Invalid {
-                        name: "DB_SECRET_ARN",
-                        value: arn,
-                        reason: "expected an arn:aws:secretsmanager:... ARN".into(),
-                    });
+                (None, Some(arn)) => {
+                    if !arn.starts_with("arn:") {
+                        return Err(ConfigError::Invalid {
+                            name: "DB_SECRET_ARN",
+                            value: arn,
+                            reason: "expected an arn:aws:secretsmanager:... ARN".into(),
+                        });
+                    }
+                    DbSource::SecretArn(arn)
                 }
-                DbSource::SecretArn(arn)
-            }
-            (None, None) => {
-                return Err(ConfigError::Missing {
+                (None, None) => return Err(ConfigError::Missing {
                     name: "DATABASE_URL",
                     hint: "set DATABASE_URL=postgres://user@host:5432/db (or DB_SECRET_ARN in AWS)",
-                })
-            }
-        };
+                }),
+            };
         Ok(Self {
             source,
-            pool_max_size: env.int_in("POOL_MAX_SIZE", default_pool_size as u64, 1..=1000)? as usize,
+            pool_max_size: env.int_in("POOL_MAX_SIZE", default_pool_size as u64, 1..=1000)?
+                as usize,
             pool_max_age: Duration::from_secs(env.int_in("POOL_MAX_AGE_SECS", 300, 1..=86_400)?),
             connect_timeout: env.millis("DB_CONNECT_TIMEOUT_MS", 3_000, 100..=60_000)?,
             statement_timeout: env.millis("DB_STATEMENT_TIMEOUT_MS", 10_000, 100..=900_000)?,
             wait_timeout: env.millis("DB_POOL_WAIT_TIMEOUT_MS", 5_000, 10..=900_000)?,
             recycle_timeout: env.millis("DB_RECYCLE_TIMEOUT_MS", 2_000, 10..=60_000)?,
-            application_name: env.get("DB_APPLICATION_NAME").unwrap_or_else(|| "hikmah".into()),
+            application_name: env
+                .get("DB_APPLICATION_NAME")
+                .unwrap_or_else(|| "hikmah".into()),
         })
     }
 }
@@ -242,10 +278,15 @@ pub struct EmbedConfig {
 impl EmbedConfig {
     /// Reads the embedder section, defaulting to where the set-up put the files.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let cache = artifacts::cache_dir(env);
         Ok(Self {
-            model_dir: env.get("EMBED_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| cache.join("model")),
+            model_dir: env
+                .get("EMBED_MODEL_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| cache.join("model")),
             ort_dylib_path: env
                 .get("ORT_DYLIB_PATH")
                 .map(PathBuf::from)
@@ -268,8 +309,11 @@ impl DedupConfig {
 
     /// Reads the dedup section.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let threshold: f32 =
-            env.parse_or("DEDUP_THRESHOLD", Self::DEFAULT_THRESHOLD, "expected a number in (0, 1]")?;
+        let threshold: f32 = env.parse_or(
+            "DEDUP_THRESHOLD",
+            Self::DEFAULT_THRESHOLD,
+            "expected a number in (0, 1]",
+        )?;
         if !(threshold > 0.0 && threshold <= 1.0) {
             return Err(ConfigError::Invalid {
                 name: "DEDUP_THRESHOLD",
@@ -311,13 +355,16 @@ pub enum LlmConfig {
 impl LlmConfig {
     /// Reads the LLM section; with no `LLM_PROVIDER`, `offline` unless an OpenAI key is set.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let provider = env.get("LLM_PROVIDER").map(|p| p.trim().to_ascii_lowercase()).unwrap_or_else(|| {
-            if env.get("OPENAI_API_KEY").is_some() {
-                "openai".into()
-            } else {
-                "offline".into()
-            }
-        });
+        let provider = env
+            .get("LLM_PROVIDER")
+            .map(|p| p.trim().to_ascii_lowercase())
+            .unwrap_or_else(|| {
+                if env.get("OPENAI_API_KEY").is_some() {
+                    "openai".into()
+                } else {
+                    "offline".into()
+                }
+            });
         let connect_timeout = env.millis("LLM_CONNECT_TIMEOUT_MS", 5_000, 100..=120_000)?;
         let idle_timeout = env.millis("LLM_IDLE_TIMEOUT_MS", 60_000, 100..=900_000)?;
         match provider.as_str() {
@@ -343,7 +390,10 @@ impl LlmConfig {
                 })
             }
             "bedrock" => Ok(Self::Bedrock {
-                model: env.required("LLM_MODEL", "a Bedrock model id, e.g. anthropic.claude-3-haiku-20240307-v1:0")?,
+                model: env.required(
+                    "LLM_MODEL",
+                    "a Bedrock model id, e.g. anthropic.claude-3-haiku-20240307-v1:0",
+                )?,
                 idle_timeout,
             }),
             "offline" => Ok(Self::Offline),
@@ -374,7 +424,10 @@ pub struct QueueConfig {
 impl QueueConfig {
     /// Reads the queue section; the URL is required.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let url = env.required("MEMORY_QUEUE_URL", "the SQS queue URL for completed elaborations")?;
+        let url = env.required(
+            "MEMORY_QUEUE_URL",
+            "the SQS queue URL for completed elaborations",
+        )?;
         Self::parse(url)
     }
 
@@ -390,7 +443,8 @@ impl QueueConfig {
             Err(ConfigError::Invalid {
                 name: "MEMORY_QUEUE_URL",
                 value: url,
-                reason: "expected an https://sqs.<region>.amazonaws.com/<account>/<queue> URL".into(),
+                reason: "expected an https://sqs.<region>.amazonaws.com/<account>/<queue> URL"
+                    .into(),
             })
         }
     }
@@ -434,13 +488,23 @@ mod tests {
     #[test]
     fn missing_database_url_names_it() {
         let err = DbConfig::from_env(&env(&[]), 1).unwrap_err();
-        assert!(matches!(err, ConfigError::Missing { name: "DATABASE_URL", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Missing {
+                    name: "DATABASE_URL",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("DATABASE_URL"));
     }
 
     #[test]
     fn malformed_database_url_names_it_without_leaking_it() {
-        let err = DbConfig::from_env(&env(&[("DATABASE_URL", "mysql://u:hunter2@h/db")]), 1).unwrap_err();
+        let err =
+            DbConfig::from_env(&env(&[("DATABASE_URL", "mysql://u:hunter2@h/db")]), 1).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("DATABASE_URL"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
@@ -457,7 +521,10 @@ mod tests {
             "DB_RECYCLE_TIMEOUT_MS",
         ] {
             for bad in ["abc", "0", "-1", "99999999999"] {
-                let e = DbConfig::from_env(&env(&[("DATABASE_URL", "postgres://x@h/db"), (name, bad)]), 1);
+                let e = DbConfig::from_env(
+                    &env(&[("DATABASE_URL", "postgres://x@h/db"), (name, bad)]),
+                    1,
+                );
                 match e {
                     Err(ConfigError::Invalid { name: n, .. }) => assert_eq!(n, name),
                     other => panic!("{name}={bad}: expected Invalid, got {other:?}"),
@@ -468,7 +535,8 @@ mod tests {
 
     #[test]
     fn database_url_is_redacted_in_debug() {
-        let cfg = DbConfig::from_env(&env(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]), 1).unwrap();
+        let cfg =
+            DbConfig::from_env(&env(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]), 1).unwrap();
         assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 
@@ -485,13 +553,23 @@ mod tests {
         let err = LlmConfig::from_env(&env(&[("LLM_PROVIDER", "gpt")])).unwrap_err();
         assert!(err.to_string().contains("LLM_PROVIDER"));
         let err = LlmConfig::from_env(&env(&[("LLM_PROVIDER", "bedrock")])).unwrap_err();
-        assert!(matches!(err, ConfigError::Missing { name: "LLM_MODEL", .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                name: "LLM_MODEL",
+                ..
+            }
+        ));
         assert_eq!(LlmConfig::from_env(&env(&[])).unwrap(), LlmConfig::Offline);
     }
 
     #[test]
     fn openai_key_is_redacted_in_debug() {
-        let cfg = LlmConfig::from_env(&env(&[("LLM_PROVIDER", "openai"), ("OPENAI_API_KEY", "sk-secret")])).unwrap();
+        let cfg = LlmConfig::from_env(&env(&[
+            ("LLM_PROVIDER", "openai"),
+            ("OPENAI_API_KEY", "sk-secret"),
+        ]))
+        .unwrap();
         assert!(!format!("{cfg:?}").contains("sk-secret"));
     }
 
@@ -499,9 +577,17 @@ mod tests {
     fn queue_url_missing_or_malformed_names_it() {
         assert!(matches!(
             QueueConfig::from_env(&env(&[])).unwrap_err(),
-            ConfigError::Missing { name: "MEMORY_QUEUE_URL", .. }
+            ConfigError::Missing {
+                name: "MEMORY_QUEUE_URL",
+                ..
+            }
         ));
-        assert!(QueueConfig::from_env(&env(&[("MEMORY_QUEUE_URL", "queue")])).unwrap_err().to_string().contains("MEMORY_QUEUE_URL"));
+        assert!(
+            QueueConfig::from_env(&env(&[("MEMORY_QUEUE_URL", "queue")]))
+                .unwrap_err()
+                .to_string()
+                .contains("MEMORY_QUEUE_URL")
+        );
     }
 
     #[test]

@@ -111,13 +111,28 @@ mod tests {
     fn unknown_version_is_rejected() {
         let mut v: serde_json::Value = serde_json::from_str(&sample().to_body()).unwrap();
         v["version"] = serde_json::json!(2);
-        assert!(matches!(ElaborationCompleted::parse(&v.to_string()), Err(EventError::UnknownVersion { .. })));
+        assert!(matches!(
+            ElaborationCompleted::parse(&v.to_string()),
+            Err(EventError::UnknownVersion { .. })
+        ));
     }
 
     #[test]
     fn malformed_bodies_are_rejected() {
-        for body in ["", "{", "[]", r#"{"version":1}"#, r#"{"version":1,"event_id":"x"}"#] {
-            assert!(matches!(ElaborationCompleted::parse(body), Err(EventError::Malformed(_))), "{body}");
+        for body in [
+            "",
+            "{",
+            "[]",
+            r#"{"version":1}"#,
+            r#"{"version":1,"event_id":"x"}"#,
+        ] {
+            assert!(
+                matches!(
+                    ElaborationCompleted::parse(body),
+                    Err(EventError::Malformed(_))
+                ),
+                "{body}"
+            );
         }
     }
 }

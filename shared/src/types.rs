@@ -32,9 +32,9 @@ impl UserId {
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let ok = !raw.is_empty()
             && raw.len() <= Self::MAX_LEN
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-'));
+            && raw.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-')
+            });
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
@@ -155,7 +155,12 @@ impl Embedding {
 
 impl fmt::Debug for Embedding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Embedding[{}; {:?}..]", self.0.len(), &self.0[..self.0.len().min(3)])
+        write!(
+            f,
+            "Embedding[{}; {:?}..]",
+            self.0.len(),
+            &self.0[..self.0.len().min(3)]
+        )
     }
 }
 

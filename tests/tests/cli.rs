@@ -1,0 +1,164 @@
+//! The `hikmah` command as people and scripts use it: real binary, real database, real model.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use hikmah_tests::bins::bin;
+use hikmah_tests::model::embed_config;
+use hikmah_tests::pg::TestDb;
+
+/// Runs `hikmah ARGS` with the test database and model files, and no other configuration.
+fn hikmah(db: &TestDb, args: &[&str], extra_env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let cfg = embed_config();
+    let mut cmd = Command::new(bin("hikmah"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("EMBED_MODEL_DIR", &cfg.model_dir)
+        .env("ORT_DYLIB_PATH", &cfg.ort_dylib_path)
+        .env("EMBED_THREADS", "1")
+        .envs(db.env_pairs())
+        .envs(extra_env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn hikmah");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for hikmah")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn migrate_twice_is_a_no_op_and_doctor_then_passes() {
+    let db = TestDb::empty().await;
+
+    let before = hikmah(&db, &["doctor"], &[], None);
+    assert!(
+        !before.status.success(),
+        "doctor must fail before migrations"
+    );
+    assert!(
+        text(&before.stdout).contains("✗ schema version"),
+        "{}",
+        text(&before.stdout)
+    );
+    assert!(
+        text(&before.stdout).contains("hikmah migrate"),
+        "doctor says what to do"
+    );
+
+    let first = hikmah(&db, &["migrate"], &[], None);
+    assert!(first.status.success(), "migrate: {}", text(&first.stderr));
+    let second = hikmah(&db, &["migrate"], &[], None);
+    assert!(
+        second.status.success(),
+        "second migrate: {}",
+        text(&second.stderr)
+    );
+    assert!(
+        text(&second.stdout).to_lowercase().contains("up to date"),
+        "second migrate applies nothing: {}",
+        text(&second.stdout)
+    );
+
+    let after = hikmah(&db, &["doctor"], &[], None);
+    assert!(
+        after.status.success(),
+        "doctor: {}{}",
+        text(&after.stdout),
+        text(&after.stderr)
+    );
+    assert!(!text(&after.stdout).contains('✗'));
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn doctor_reports_missing_model_files_with_the_fix_and_fails() {
+    let db = TestDb::new().await;
+    let empty = std::env::temp_dir().join(format!("hikmah-no-model-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = hikmah(
+        &db,
+        &["doctor"],
+        &[("EMBED_MODEL_DIR", empty.to_str().unwrap())],
+        None,
+    );
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("✗ model file"), "{stdout}");
+    assert!(stdout.contains("scripts/setup.sh"), "{stdout}");
+    assert!(stdout.contains("✓ database reachable"), "{stdout}");
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn doctor_names_a_malformed_variable() {
+    let db = TestDb::new().await;
+    let out = hikmah(&db, &["doctor"], &[("DEDUP_THRESHOLD", "lots")], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("DEDUP_THRESHOLD"),
+        "{}",
+        text(&out.stdout)
+    );
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn embed_prints_one_unit_vector_of_384_per_text_from_args_and_from_stdin() {
+    let db = TestDb::new().await;
+    let from_args = hikmah(
+        &db,
+        &["embed", "Patience is the key to relief.", "sabr"],
+        &[],
+        None,
+    );
+    assert!(from_args.status.success(), "{}", text(&from_args.stderr));
+    let from_stdin = hikmah(
+        &db,
+        &["embed"],
+        &[],
+        Some("Patience is the key to relief.\nsabr\n"),
+    );
+    assert!(from_stdin.status.success(), "{}", text(&from_stdin.stderr));
+
+    let parse = |out: &Output| -> Vec<Vec<f32>> {
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Vec<f32>>(l).expect("a JSON array per line"))
+            .collect()
+    };
+    let (a, b) = (parse(&from_args), parse(&from_stdin));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, b, "the same texts give the same vectors either way");
+    for v in &a {
+        assert_eq!(v.len(), 384);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    }
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_missing_database_url_is_an_error_naming_it() {
+    let db = TestDb::new().await;
+    let out = hikmah(&db, &["migrate"], &[("DATABASE_URL", "")], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("DATABASE_URL"),
+        "{}",
+        text(&out.stderr)
+    );
+    db.cleanup().await;
+}

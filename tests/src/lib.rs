@@ -1,2 +1,3 @@
 //! Support for hikmah's end-to-end tests: real PostgreSQL databases, moto, the model files.
 pub mod model;
+pub mod pg;

@@ -305,7 +305,7 @@ pub struct DedupConfig {
 
 impl DedupConfig {
     /// Default threshold, chosen from the labelled pairs (see README).
-    pub const DEFAULT_THRESHOLD: f32 = 0.90;
+    pub const DEFAULT_THRESHOLD: f32 = 0.80;
 
     /// Reads the dedup section.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {

@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::config::DedupConfig;
-use crate::memory::normalize::normalize;
+use crate::memory::normalize::{collapse_whitespace, normalize};
 use crate::types::Embedding;
 
 /// Why a candidate is or is not a duplicate.
@@ -92,9 +92,74 @@ pub struct NoteRef<'a> {
 
 /// The text that is embedded for a note: the same function for stored notes, candidates and
 /// `hikmah dedup`, so their cosines are comparable.
+///
+/// The model does not know transliterated Arabic terms (`sabr` becomes meaningless word pieces,
+/// so `sabr is half of faith` and `shukr is half of faith` look alike to it), so each known term
+/// is replaced by its English meaning before embedding ([`GLOSSARY`]). Whitespace is collapsed
+/// and a final `.` or `!` dropped: a trailing period alone moves this model's cosine by > 0.1.
+/// The stored note keeps its original text.
 pub fn embedding_text(note: &str) -> String {
-    note.to_owned()
+    let words: Vec<String> = collapse_whitespace(note)
+        .split(' ')
+        .map(|word| {
+            let start = word
+                .find(|c: char| c.is_alphanumeric())
+                .unwrap_or(word.len());
+            let end = word
+                .rfind(|c: char| c.is_alphanumeric())
+                .map(|i| i + word[i..].chars().next().map_or(1, char::len_utf8))
+                .unwrap_or(start);
+            if start >= end {
+                return word.to_owned();
+            }
+            let core = normalize(&word[start..end]);
+            match GLOSSARY.iter().find(|(term, _)| *term == core) {
+                Some((_, meaning)) => format!("{}{meaning}{}", &word[..start], &word[end..]),
+                None => word.to_owned(),
+            }
+        })
+        .collect();
+    let mut text = words.join(" ");
+    while text.ends_with(['.', '!']) {
+        text.pop();
+    }
+    text
 }
+
+/// Transliterated terms (after [`normalize`]) and the English the model understands.
+pub const GLOSSARY: &[(&str, &str)] = &[
+    ("sabr", "patience"),
+    ("shukr", "gratitude"),
+    ("tawakkul", "trust in Allah"),
+    ("dhikr", "remembrance of Allah"),
+    ("zikr", "remembrance of Allah"),
+    ("dua", "supplication"),
+    ("duas", "supplications"),
+    ("tawbah", "repentance"),
+    ("tawba", "repentance"),
+    ("sadaqah", "charity"),
+    ("sadaqa", "charity"),
+    ("zakat", "obligatory charity"),
+    ("zakah", "obligatory charity"),
+    ("salah", "prayer"),
+    ("salat", "prayer"),
+    ("sawm", "fasting"),
+    ("ikhlas", "sincerity"),
+    ("taqwa", "God-consciousness"),
+    ("ihsan", "excellence in worship"),
+    ("rahmah", "mercy"),
+    ("ilm", "knowledge"),
+    ("qanaah", "contentment"),
+    ("niyyah", "intention"),
+    ("niyya", "intention"),
+    ("hasad", "envy"),
+    ("ghibah", "backbiting"),
+    ("akhirah", "the hereafter"),
+    ("dunya", "this world"),
+    ("jannah", "paradise"),
+    ("iman", "faith"),
+    ("hikmah", "wisdom"),
+];
 
 /// The duplicate decision with its threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,7 +280,7 @@ fn negation_parity(tokens: &[&str]) -> bool {
 }
 
 const NUMBER_WORDS: &[&str] = &[
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "zero", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
     "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million",
     "once", "twice", "thrice", "half", "first", "second", "third", "fourth", "fifth", "seventh",
     "tenth",
@@ -704,6 +769,20 @@ mod tests {
         });
         let (k, d) = policy.best_match(cand, existing).unwrap();
         assert_eq!((k, d.reason), (1, Reason::SemanticMatch));
+    }
+
+    #[test]
+    fn embedding_text_glosses_transliterations_and_drops_the_final_period() {
+        assert_eq!(
+            embedding_text("  Ṣabr is half of   faith. "),
+            "patience is half of faith"
+        );
+        assert_eq!(
+            embedding_text("\"Shukr\", then tawakkul!"),
+            "\"gratitude\", then trust in Allah"
+        );
+        assert_eq!(embedding_text("Why sabr?"), "Why patience?");
+        assert_eq!(embedding_text("Sabrina smiled."), "Sabrina smiled");
     }
 
     #[test]

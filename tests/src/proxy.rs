@@ -1,0 +1,140 @@
+//! A TCP proxy between a pool and PostgreSQL that a test can cut and restore, to make the
+//! database unreachable for one client without touching the shared server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the proxy does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forwards to the upstream.
+    Open,
+    /// Kills existing connections; new ones are accepted and closed at once (like a refused
+    /// connection: the client fails immediately).
+    Refuse,
+    /// Kills existing connections; new ones are accepted and never answered (like a vanished
+    /// host: only the client's own timeouts end the wait).
+    Blackhole,
+}
+
+/// A running proxy; stops when dropped.
+#[derive(Debug)]
+pub struct TcpProxy {
+    addr: SocketAddr,
+    mode: Arc<watch::Sender<Mode>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("proxy bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("proxy addr: {e}"));
+        let (tx, _) = watch::channel(Mode::Open);
+        let mode = Arc::new(tx);
+        let modes = Arc::clone(&mode);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut rx = modes.subscribe();
+                let current = *rx.borrow_and_update();
+                match current {
+                    Mode::Refuse => drop(client),
+                    Mode::Blackhole => {
+                        // Hold the socket until the mode changes (or for ever), never answering.
+                        tokio::spawn(async move {
+                            let _held = client;
+                            let _ = rx.changed().await;
+                        });
+                    }
+                    Mode::Open => {
+                        tokio::spawn(forward(client, upstream, rx));
+                    }
+                }
+            }
+        });
+        Self { addr, mode, task }
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Switches mode; leaving [`Mode::Open`] kills every open connection.
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn rewrite_url(&self, url: &str) -> String {
+        let Some(scheme_end) = url.find("://") else {
+            return format!("{url} host={} port={}", self.addr.ip(), self.addr.port());
+        };
+        let start = scheme_end + 3;
+        let end = url[start..]
+            .find(['/', '?'])
+            .map(|i| start + i)
+            .unwrap_or(url.len());
+        let authority = &url[start..end];
+        let host_start = authority.rfind('@').map(|i| i + 1).unwrap_or(0);
+        format!(
+            "{}{}{}{}",
+            &url[..start],
+            &authority[..host_start],
+            self.addr,
+            &url[end..]
+        )
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.set(Mode::Refuse);
+        self.task.abort();
+    }
+}
+
+async fn forward(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    tokio::select! {
+        _ = copy_bidirectional(&mut client, &mut server) => {}
+        _ = async {
+            while mode.changed().await.is_ok() {
+                if *mode.borrow() != Mode::Open {
+                    return;
+                }
+            }
+        } => {}
+    }
+    // Dropping both sockets closes them: the client sees its connection die.
+}
+
+/// The `host:port` of a `postgres://` URL (for the proxy's upstream).
+pub fn upstream_of(url: &str) -> SocketAddr {
+    let cfg: tokio_postgres::Config = url
+        .parse()
+        .unwrap_or_else(|e| panic!("parse database URL: {e}"));
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let host = if host == "localhost" {
+        "127.0.0.1".to_owned()
+    } else {
+        host
+    };
+    format!("{host}:{port}")
+        .parse()
+        .unwrap_or_else(|e| panic!("upstream address {host}:{port}: {e}"))
+}

@@ -1,3 +1,6 @@
 //! Support for hikmah's end-to-end tests: real PostgreSQL databases, moto, the model files.
 pub mod model;
 pub mod pg;
+pub mod lambda;
+pub mod proxy;
+pub mod sqs;

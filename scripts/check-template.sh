@@ -8,9 +8,7 @@
 # Needs only PyPI (for the pinned tools); makes no AWS call.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-
-# Pinned together: aws-sam-cli pins the translator exactly and cfn-lint to a range.
-SAM_TOOLS=("aws-sam-cli==1.170.0" "aws-sam-translator==1.115.0" "cfn-lint==1.58.0")
+source "$(dirname "${BASH_SOURCE[0]}")/sam-tools.sh"
 
 ensure_python "${SAM_TOOLS[@]}"
 cd "$HIKMAH_ROOT"

@@ -1,4 +1,5 @@
 //! Support for hikmah's end-to-end tests: real PostgreSQL databases, moto, the model files.
+pub mod fake_llm;
 pub mod model;
 pub mod pg;
 pub mod lambda;

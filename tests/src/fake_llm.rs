@@ -1,0 +1,250 @@
+//! A fake OpenAI-compatible LLM: a real HTTP server on 127.0.0.1 that answers
+//! `POST /v1/chat/completions` with a scripted Server-Sent Events stream.
+//!
+//! It is the only faked part of the end-to-end tests. Scripts set the chunks and the pause before
+//! each one, and failure modes (an HTTP error with a JSON body, a connection dropped mid-stream).
+//! Every request body is recorded, and every chunk's send time, so tests can check what the
+//! prompt contained and that the client saw text before the server had finished.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use futures::StreamExt;
+
+/// How the fake answers every request.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// A 200 event stream: each chunk after its pause, then the ending.
+    Stream {
+        /// `(pause before sending, delta text)`.
+        chunks: Vec<(Duration, String)>,
+        /// What happens after the last chunk.
+        end: End,
+    },
+    /// A non-2xx answer with the OpenAI error body `{"error":{"message":..}}`.
+    Fail {
+        /// HTTP status.
+        status: u16,
+        /// The error message in the body.
+        message: String,
+    },
+}
+
+/// How a scripted stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A final chunk with `finish_reason: stop`, then `data: [DONE]`.
+    Done,
+    /// The connection is dropped without finishing (the provider dies mid-stream).
+    Die,
+}
+
+impl Script {
+    /// `texts` streamed with `pause` before each, then `[DONE]`.
+    pub fn chunks(texts: &[&str], pause: Duration) -> Self {
+        Self::Stream {
+            chunks: texts.iter().map(|t| (pause, (*t).to_owned())).collect(),
+            end: End::Done,
+        }
+    }
+
+    /// Like [`Script::chunks`], but the connection drops after the last chunk.
+    pub fn dies_after(texts: &[&str], pause: Duration) -> Self {
+        Self::Stream {
+            chunks: texts.iter().map(|t| (pause, (*t).to_owned())).collect(),
+            end: End::Die,
+        }
+    }
+
+    /// An HTTP error with an OpenAI-style error body.
+    pub fn fail(status: u16, message: &str) -> Self {
+        Self::Fail {
+            status,
+            message: message.to_owned(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    requests: Vec<serde_json::Value>,
+    sent: Vec<(Instant, String)>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    script: Arc<Mutex<Script>>,
+    recorded: Arc<Mutex<Recorded>>,
+}
+
+/// A running fake; the server stops when this is dropped.
+pub struct FakeLlm {
+    addr: SocketAddr,
+    shared: Shared,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeLlm {
+    /// Starts a fake on a free port of 127.0.0.1.
+    pub async fn start(script: Script) -> Self {
+        let shared = Shared {
+            script: Arc::new(Mutex::new(script)),
+            recorded: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake LLM to 127.0.0.1:0");
+        let addr = listener.local_addr().expect("fake LLM address");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            shared,
+            server,
+        }
+    }
+
+    /// The base URL to put in `OPENAI_BASE_URL` (ends in `/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Replaces the script for the following requests.
+    pub fn set_script(&self, script: Script) {
+        *self.shared.script.lock().expect("script lock") = script;
+    }
+
+    /// The JSON bodies received so far, in order.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .recorded
+            .lock()
+            .expect("record lock")
+            .requests
+            .clone()
+    }
+
+    /// The user message (`messages[role=user].content`) of every request so far.
+    pub fn user_prompts(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter_map(|r| {
+                r["messages"]
+                    .as_array()?
+                    .iter()
+                    .find(|m| m["role"] == "user")?["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// When each delta chunk was handed to the connection, with its text.
+    pub fn sent_chunks(&self) -> Vec<(Instant, String)> {
+        self.shared
+            .recorded
+            .lock()
+            .expect("record lock")
+            .sent
+            .clone()
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn completions(State(shared): State<Shared>, body: Bytes) -> Response {
+    let request: serde_json::Value =
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let streaming = request["stream"] == serde_json::json!(true);
+    shared
+        .recorded
+        .lock()
+        .expect("record lock")
+        .requests
+        .push(request);
+    let script = shared.script.lock().expect("script lock").clone();
+    if !streaming {
+        return (
+            StatusCode::BAD_REQUEST,
+            "this fake only speaks stream: true",
+        )
+            .into_response();
+    }
+    match script {
+        Script::Fail { status, message } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::json!({"error": {"message": message, "type": "fake_error", "code": null}});
+            (status, axum::Json(body)).into_response()
+        }
+        Script::Stream { chunks, end } => {
+            let recorded = shared.recorded.clone();
+            let role = futures::stream::once(async {
+                Ok::<_, std::io::Error>(Bytes::from(chunk_event(
+                    serde_json::json!({"role": "assistant", "content": ""}),
+                    None,
+                )))
+            });
+            let deltas = futures::stream::iter(chunks).then(move |(pause, text)| {
+                let recorded = recorded.clone();
+                async move {
+                    tokio::time::sleep(pause).await;
+                    recorded
+                        .lock()
+                        .expect("record lock")
+                        .sent
+                        .push((Instant::now(), text.clone()));
+                    // CRLF line ends here, LF elsewhere: the client must accept both.
+                    let event = chunk_event(serde_json::json!({"content": text}), None)
+                        .replace('\n', "\r\n");
+                    Ok::<_, std::io::Error>(Bytes::from(event))
+                }
+            });
+            let ending = futures::stream::once(async move {
+                match end {
+                    End::Done => {
+                        let last = chunk_event(serde_json::json!({}), Some("stop"));
+                        Ok(Bytes::from(format!(
+                            ": finishing\n\n{last}data: [DONE]\n\n"
+                        )))
+                    }
+                    End::Die => {
+                        // Let the last chunk reach the wire first: the connection dies after it.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "fake LLM died",
+                        ))
+                    }
+                }
+            });
+            let body = Body::from_stream(role.chain(deltas).chain(ending));
+            ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+        }
+    }
+}
+
+fn chunk_event(delta: serde_json::Value, finish_reason: Option<&str>) -> String {
+    let chunk = serde_json::json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "fake-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    });
+    format!("data: {chunk}\n\n")
+}

@@ -1,0 +1,482 @@
+//! The memory consumer's handler against real PostgreSQL and the real model, invoked with
+//! Lambda-shaped SQS event JSON: the original service's test plan and beyond.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use hikmah_tests::model::embedder;
+use hikmah_tests::pg::TestDb;
+use hikmah_tests::proxy::{upstream_of, Mode, TcpProxy};
+use hikmah_tests::sqs::{sqs_event_json, FIFO_ARN, STANDARD_ARN};
+use memory_consumer::{handle_batch, Consumer};
+use shared::config::{DbConfig, Env};
+use shared::db::Db;
+use shared::events::ElaborationCompleted;
+use shared::memory::dedup::DedupPolicy;
+use shared::memory::extract::{DefaultExtractor, NoteExtractor};
+use shared::memory::service::MemoryService;
+use shared::memory::store::PgMemoryStore;
+use shared::types::UserId;
+
+const PATIENCE: &str = "Patience is the key to relief.";
+const PATIENCE_QUESTION: &str = "How do I stay patient when things go wrong?";
+
+fn event(user: &str, hikmah: &str, question: Option<&str>) -> ElaborationCompleted {
+    ElaborationCompleted::new(
+        UserId::parse(user).unwrap(),
+        hikmah.into(),
+        question.map(Into::into),
+        "An elaboration the consumer does not store.".into(),
+        "test-model".into(),
+    )
+}
+
+/// A Lambda SQS event built from JSON (as Lambda sends it), one record per body.
+fn batch_of(bodies: &[String], arn: &str) -> (SqsEvent, Vec<String>) {
+    let records: Vec<(String, String)> = bodies
+        .iter()
+        .map(|b| (uuid::Uuid::new_v4().to_string(), b.clone()))
+        .collect();
+    let ids = records.iter().map(|(id, _)| id.clone()).collect();
+    (
+        serde_json::from_str(&sqs_event_json(&records, arn)).unwrap(),
+        ids,
+    )
+}
+
+fn batch(events: &[&ElaborationCompleted]) -> SqsEvent {
+    batch_of(
+        &events.iter().map(|e| e.to_body()).collect::<Vec<_>>(),
+        STANDARD_ARN,
+    )
+    .0
+}
+
+fn failures(r: &SqsBatchResponse) -> Vec<String> {
+    let mut ids: Vec<String> = r
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn consumer_with(db: Db) -> Consumer {
+    Consumer::postgres(db, embedder(), DedupPolicy::default())
+}
+
+struct Setup {
+    tdb: TestDb,
+    consumer: Consumer,
+}
+
+async fn setup() -> Setup {
+    let tdb = TestDb::new().await;
+    let consumer = consumer_with(tdb.db().await);
+    Setup { tdb, consumer }
+}
+
+/// (content, times_seen) of the user's notes, oldest first.
+async fn notes(tdb: &TestDb, user: &str) -> Vec<(String, i32)> {
+    tdb.admin()
+        .await
+        .query(
+            "SELECT content, times_seen FROM memory_notes WHERE user_id = $1 ORDER BY id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn processed_events(tdb: &TestDb) -> i64 {
+    tdb.admin()
+        .await
+        .query_one("SELECT count(*) FROM processed_events", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Everything the consumer writes, for "nothing changed" comparisons.
+async fn snapshot(tdb: &TestDb) -> Vec<String> {
+    let admin = tdb.admin().await;
+    let mut rows: Vec<String> = admin
+        .query(
+            "SELECT format('%s|%s|%s|%s|%s', user_id, content, times_seen, last_seen_at, source_event_id) FROM memory_notes ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let events = admin
+        .query(
+            "SELECT format('%s|%s|%s|%s|%s', event_id, user_id, processed_at, notes_added, notes_reinforced) FROM processed_events ORDER BY event_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.extend(events.iter().map(|r| r.get::<_, String>(0)));
+    rows
+}
+
+#[tokio::test]
+async fn first_event_for_a_user_creates_its_notes() {
+    let s = setup().await;
+    let e = event("user-a", PATIENCE, Some(PATIENCE_QUESTION));
+    let r = handle_batch(&s.consumer, batch(&[&e])).await;
+    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_eq!(
+        notes(&s.tdb, "user-a").await,
+        vec![(PATIENCE.to_owned(), 1), (PATIENCE_QUESTION.to_owned(), 1)]
+    );
+    let row = s
+        .tdb
+        .admin()
+        .await
+        .query_one("SELECT user_id, notes_added, notes_reinforced FROM processed_events WHERE event_id = $1", &[&e
+            .event_id
+            .as_uuid()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, i32>(2)
+        ),
+        ("user-a".into(), 2, 0)
+    );
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_same_content_under_a_new_event_id_reinforces_instead_of_adding() {
+    let s = setup().await;
+    let first = event("user-a", PATIENCE, Some(PATIENCE_QUESTION));
+    let again = event("user-a", PATIENCE, Some(PATIENCE_QUESTION));
+    assert_ne!(first.event_id, again.event_id);
+    assert!(handle_batch(&s.consumer, batch(&[&first]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert!(handle_batch(&s.consumer, batch(&[&again]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert_eq!(
+        notes(&s.tdb, "user-a").await,
+        vec![(PATIENCE.to_owned(), 2), (PATIENCE_QUESTION.to_owned(), 2)]
+    );
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_paraphrase_adds_no_note_and_reinforces_the_original() {
+    let s = setup().await;
+    let first = event("user-a", PATIENCE, None);
+    let paraphrase = event("user-a", "Patience is what opens the door to relief.", None);
+    assert!(handle_batch(&s.consumer, batch(&[&first]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert!(handle_batch(&s.consumer, batch(&[&paraphrase]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert_eq!(
+        notes(&s.tdb, "user-a").await,
+        vec![(PATIENCE.to_owned(), 2)]
+    );
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_negation_of_an_existing_note_is_kept_as_a_new_note() {
+    let s = setup().await;
+    let a = event("user-a", "She finds it easy to forgive others.", None);
+    let b = event("user-a", "She finds it hard to forgive others.", None);
+    assert!(handle_batch(&s.consumer, batch(&[&a]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert!(handle_batch(&s.consumer, batch(&[&b]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert_eq!(notes(&s.tdb, "user-a").await.len(), 2);
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_different_users_event_touches_only_that_users_notes() {
+    let s = setup().await;
+    let a = event("user-a", PATIENCE, None);
+    assert!(handle_batch(&s.consumer, batch(&[&a]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    let before = notes(&s.tdb, "user-a").await;
+    let b = event("user-b", PATIENCE, None);
+    assert!(handle_batch(&s.consumer, batch(&[&b]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert_eq!(
+        notes(&s.tdb, "user-b").await,
+        vec![(PATIENCE.to_owned(), 1)]
+    );
+    assert_eq!(notes(&s.tdb, "user-a").await, before);
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn five_users_in_one_batch_are_all_applied() {
+    let s = setup().await;
+    let events: Vec<ElaborationCompleted> = (0..5)
+        .map(|i| {
+            event(
+                &format!("user-{i}"),
+                &format!("Wisdom number {i} about patience and gratitude."),
+                None,
+            )
+        })
+        .collect();
+    let r = handle_batch(&s.consumer, batch(&events.iter().collect::<Vec<_>>())).await;
+    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    for i in 0..5 {
+        assert_eq!(
+            notes(&s.tdb, &format!("user-{i}")).await.len(),
+            1,
+            "user-{i}"
+        );
+    }
+    assert_eq!(processed_events(&s.tdb).await, 5);
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn fifty_identical_events_through_concurrent_invocations_make_exactly_one_note() {
+    let tdb = TestDb::new().await;
+    // Five execution environments, each with its own pool, each invoked with 10 of the events.
+    let mut consumers = Vec::new();
+    for _ in 0..5 {
+        consumers.push(consumer_with(tdb.db().await));
+    }
+    let events: Vec<ElaborationCompleted> =
+        (0..50).map(|_| event("user-a", PATIENCE, None)).collect();
+    let invocations = consumers.iter().zip(events.chunks(10)).map(|(c, chunk)| {
+        let b = batch(&chunk.iter().collect::<Vec<_>>());
+        let c = c.clone();
+        tokio::spawn(async move { handle_batch(&c, b).await })
+    });
+    for r in futures::future::join_all(invocations).await {
+        let r = r.unwrap();
+        assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    }
+    assert_eq!(notes(&tdb, "user-a").await, vec![(PATIENCE.to_owned(), 50)]);
+    assert_eq!(processed_events(&tdb).await, 50);
+    tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_same_sqs_event_delivered_twice_changes_nothing_the_second_time() {
+    let s = setup().await;
+    let events: Vec<ElaborationCompleted> = vec![
+        event("user-a", PATIENCE, Some(PATIENCE_QUESTION)),
+        event("user-b", "Gratitude turns what we have into enough.", None),
+        event("user-a", PATIENCE, None),
+    ];
+    let delivery = batch(&events.iter().collect::<Vec<_>>());
+    assert!(handle_batch(&s.consumer, delivery.clone())
+        .await
+        .batch_item_failures
+        .is_empty());
+    let after_first = snapshot(&s.tdb).await;
+    assert!(handle_batch(&s.consumer, delivery)
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert_eq!(snapshot(&s.tdb).await, after_first);
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_and_an_unknown_version_fail_only_their_own_records() {
+    let s = setup().await;
+    let mut bodies: Vec<String> = (0..7)
+        .map(|i| {
+            event(
+                &format!("user-{i}"),
+                &format!("Good wisdom number {i}."),
+                None,
+            )
+            .to_body()
+        })
+        .collect();
+    let mut unknown: serde_json::Value =
+        serde_json::from_str(&event("user-x", PATIENCE, None).to_body()).unwrap();
+    unknown["version"] = serde_json::json!(2);
+    bodies.insert(2, "{not json".into());
+    bodies.insert(5, r#"{"version": 1, "event_id": "not-a-uuid"}"#.into());
+    bodies.insert(8, unknown.to_string());
+    let (event, ids) = batch_of(&bodies, STANDARD_ARN);
+    assert_eq!(event.records.len(), 10);
+
+    let r = handle_batch(&s.consumer, event).await;
+    let mut expected = vec![ids[2].clone(), ids[5].clone(), ids[8].clone()];
+    expected.sort();
+    assert_eq!(failures(&r), expected);
+    assert_eq!(processed_events(&s.tdb).await, 7);
+    assert!(notes(&s.tdb, "user-x").await.is_empty());
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_fifo_batch_stops_at_the_first_failure_and_reports_every_later_record() {
+    let s = setup().await;
+    let bodies: Vec<String> = vec![
+        event("user-a", "First wisdom.", None).to_body(),
+        "{not json".into(),
+        event("user-a", "Third wisdom.", None).to_body(),
+        event("user-b", "Fourth wisdom.", None).to_body(),
+    ];
+    let (event, ids) = batch_of(&bodies, FIFO_ARN);
+    let r = handle_batch(&s.consumer, event).await;
+    let mut expected = ids[1..].to_vec();
+    expected.sort();
+    assert_eq!(failures(&r), expected);
+    assert_eq!(processed_events(&s.tdb).await, 1);
+    s.tdb.cleanup().await;
+}
+
+/// An extractor that panics on one marker, to prove a panic fails only its record.
+struct PanicsOn(&'static str);
+
+impl NoteExtractor for PanicsOn {
+    fn extract(&self, event: &ElaborationCompleted) -> Vec<String> {
+        assert!(
+            !event.hikmah.contains(self.0),
+            "extractor bug triggered by {}",
+            self.0
+        );
+        DefaultExtractor.extract(event)
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_record_is_a_failed_record_not_a_crashed_batch() {
+    let tdb = TestDb::new().await;
+    let db = tdb.db().await;
+    let service = MemoryService::new(
+        Arc::new(PanicsOn("BOOM")),
+        Arc::new(embedder()),
+        Arc::new(PgMemoryStore::new(db.clone(), DedupPolicy::default())),
+    );
+    let consumer = Consumer::new(service, db, 4);
+    let bodies = vec![
+        event("user-a", "Fine wisdom one.", None).to_body(),
+        event("user-a", "BOOM wisdom.", None).to_body(),
+        event("user-b", "Fine wisdom two.", None).to_body(),
+    ];
+    let (event, ids) = batch_of(&bodies, STANDARD_ARN);
+    let r = handle_batch(&consumer, event).await;
+    assert_eq!(failures(&r), vec![ids[1].clone()]);
+    assert_eq!(processed_events(&tdb).await, 2);
+    tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn stale_connections_between_invocations() {
+    let s = setup().await;
+    let first = event("user-a", PATIENCE, None);
+    assert!(handle_batch(&s.consumer, batch(&[&first]))
+        .await
+        .batch_item_failures
+        .is_empty());
+
+    // As if the server (or a proxy, or an idle timeout) closed every connection while the
+    // execution environment was frozen.
+    assert!(s.tdb.terminate_app_backends().await >= 1);
+
+    let events: Vec<ElaborationCompleted> = (0..6)
+        .map(|i| {
+            event(
+                &format!("user-{i}"),
+                &format!("Wisdom {i} after the restart."),
+                None,
+            )
+        })
+        .collect();
+    let r = handle_batch(&s.consumer, batch(&events.iter().collect::<Vec<_>>())).await;
+    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_eq!(processed_events(&s.tdb).await, 7);
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn database_unreachable_fails_records_within_the_timeouts_and_redelivery_applies_once() {
+    let tdb = TestDb::new().await;
+    let proxy = TcpProxy::start(upstream_of(tdb.url())).await;
+    let mut pairs = tdb.env_pairs();
+    pairs.retain(|(k, _)| k != "DATABASE_URL");
+    pairs.extend([
+        ("DATABASE_URL".to_owned(), proxy.rewrite_url(tdb.url())),
+        ("DB_CONNECT_TIMEOUT_MS".to_owned(), "1000".to_owned()),
+        ("DB_RECYCLE_TIMEOUT_MS".to_owned(), "1000".to_owned()),
+        ("DB_POOL_WAIT_TIMEOUT_MS".to_owned(), "3000".to_owned()),
+        ("DB_STATEMENT_TIMEOUT_MS".to_owned(), "5000".to_owned()),
+    ]);
+    let cfg = DbConfig::from_env(&Env::from_pairs(pairs), 4).unwrap();
+    let consumer = consumer_with(Db::connect(&cfg).await.unwrap());
+
+    let warm = event("user-a", PATIENCE, None);
+    assert!(handle_batch(&consumer, batch(&[&warm]))
+        .await
+        .batch_item_failures
+        .is_empty());
+
+    let events: Vec<ElaborationCompleted> = (0..3)
+        .map(|i| {
+            event(
+                &format!("user-{i}"),
+                &format!("Wisdom {i} during the outage."),
+                None,
+            )
+        })
+        .collect();
+    let delivery = batch(&events.iter().collect::<Vec<_>>());
+    for mode in [Mode::Blackhole, Mode::Refuse] {
+        proxy.set(mode);
+        let started = Instant::now();
+        let r = handle_batch(&consumer, delivery.clone()).await;
+        let took = started.elapsed();
+        assert_eq!(r.batch_item_failures.len(), 3, "{mode:?}: {r:?}");
+        // Connect (1 s) twice per record (one retry) plus waits: seconds, never the Lambda timeout.
+        assert!(
+            took < Duration::from_secs(30),
+            "{mode:?}: failing took {took:?}"
+        );
+    }
+
+    proxy.set(Mode::Open);
+    let r = handle_batch(&consumer, delivery.clone()).await;
+    assert!(r.batch_item_failures.is_empty(), "after recovery: {r:?}");
+    let r = handle_batch(&consumer, delivery).await;
+    assert!(r.batch_item_failures.is_empty(), "second redelivery: {r:?}");
+    for i in 0..3 {
+        assert_eq!(
+            notes(&tdb, &format!("user-{i}")).await,
+            vec![(format!("Wisdom {i} during the outage."), 1)]
+        );
+    }
+    assert_eq!(processed_events(&tdb).await, 4);
+    drop(consumer);
+    tdb.cleanup().await;
+}

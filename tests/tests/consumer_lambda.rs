@@ -1,0 +1,113 @@
+//! The built `memory-consumer` binary through the Lambda runtime protocol: served by
+//! `cargo lambda watch` (cargo-lambda's emulator), invoked by `cargo lambda invoke --data-file`
+//! with an SQS event file.
+
+use hikmah_tests::lambda::LambdaWatch;
+use hikmah_tests::model::embed_config;
+use hikmah_tests::pg::TestDb;
+use hikmah_tests::sqs::{sqs_event_json, STANDARD_ARN};
+use shared::events::ElaborationCompleted;
+use shared::types::UserId;
+
+fn event(user: &str, hikmah: &str) -> ElaborationCompleted {
+    ElaborationCompleted::new(
+        UserId::parse(user).unwrap(),
+        hikmah.into(),
+        None,
+        "e".into(),
+        "m".into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_under_the_lambda_emulator_reports_exactly_the_failed_records() {
+    let tdb = TestDb::new().await;
+    let model = embed_config();
+    let mut env = tdb.env_pairs();
+    env.extend([
+        (
+            "EMBED_MODEL_DIR".to_owned(),
+            model.model_dir.display().to_string(),
+        ),
+        (
+            "ORT_DYLIB_PATH".to_owned(),
+            model.ort_dylib_path.display().to_string(),
+        ),
+        ("POOL_MAX_SIZE".to_owned(), "2".to_owned()),
+        ("RUST_LOG".to_owned(), "info".to_owned()),
+    ]);
+    let watch = tokio::task::spawn_blocking(move || {
+        LambdaWatch::start("memory-consumer", "memory-consumer", &env)
+    })
+    .await
+    .unwrap();
+
+    let records = vec![
+        (
+            "m-1".to_owned(),
+            event("user-a", "Patience is the key to relief.").to_body(),
+        ),
+        ("m-2".to_owned(), "{not json".to_owned()),
+        (
+            "m-3".to_owned(),
+            event("user-b", "Gratitude turns what we have into enough.").to_body(),
+        ),
+        (
+            "m-4".to_owned(),
+            event("user-a", "Patience is the key to relief!").to_body(),
+        ),
+    ];
+    let payload = sqs_event_json(&records, STANDARD_ARN);
+    let (watch, response) = tokio::task::spawn_blocking(move || {
+        let r = watch.invoke_json(&payload);
+        (watch, r)
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(
+        response,
+        serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m-2"}]}),
+        "emulator log:\n{}",
+        watch.log()
+    );
+    let admin = tdb.admin().await;
+    let applied: i64 = admin
+        .query_one("SELECT count(*) FROM processed_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 3);
+    let rows = admin
+        .query(
+            "SELECT user_id, content, times_seen FROM memory_notes ORDER BY user_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, String, i32)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("user-a".into(), "Patience is the key to relief.".into(), 2),
+            (
+                "user-b".into(),
+                "Gratitude turns what we have into enough.".into(),
+                1
+            ),
+        ]
+    );
+    // The init line reports each step's duration.
+    assert!(
+        watch.log().contains("memory-consumer initialised"),
+        "{}",
+        watch.log()
+    );
+    tokio::task::spawn_blocking(move || drop(watch))
+        .await
+        .unwrap();
+    tdb.cleanup().await;
+}

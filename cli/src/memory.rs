@@ -1,6 +1,12 @@
-//! `hikmah memory list|forget`.
+//! `hikmah memory list|forget`: read or erase a user's memory notes in PostgreSQL.
 
 use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::Value;
+use shared::config::{DbConfig, Env};
+use shared::db::{Db, DbError};
+use shared::types::UserId;
 
 /// Memory subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -25,7 +31,111 @@ pub enum Command {
     },
 }
 
-/// Runs a memory subcommand.
-pub async fn run(_cmd: Command) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// A user's notes as one JSON array, in the order the elaborate prompt uses them (most
+/// reinforced, then most recently seen). Built by PostgreSQL so timestamps are RFC 3339 and ids
+/// print exactly.
+const LIST_SQL: &str = "SELECT coalesce(json_agg(json_build_object(
+        'id', id, 'content', content, 'times_seen', times_seen,
+        'created_at', created_at, 'last_seen_at', last_seen_at,
+        'source_event_id', source_event_id)
+        ORDER BY times_seen DESC, last_seen_at DESC, id DESC), '[]'::json)::text
+    FROM memory_notes WHERE user_id = $1";
+
+/// Runs a memory subcommand against `DATABASE_URL`.
+pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    let cfg = DbConfig::from_env(&Env::process(), 1).context("database configuration")?;
+    let db = Db::connect(&cfg).await?;
+    let result = match cmd {
+        Command::List { user, json } => list(&db, &parse_user(&user)?, json).await,
+        Command::Forget { user, note } => forget(&db, &parse_user(&user)?, note).await,
+    };
+    db.close();
+    result
+}
+
+fn parse_user(raw: &str) -> anyhow::Result<UserId> {
+    UserId::parse(raw).map_err(|e| anyhow::anyhow!("--user {raw:?}: {e}"))
+}
+
+/// The user's notes as JSON values (see [`LIST_SQL`]).
+pub async fn notes(db: &Db, user: &UserId) -> Result<Vec<Value>, DbError> {
+    let text: String = db
+        .run(|conn| async move {
+            let row = conn.query_one(LIST_SQL, &[&user.as_str()]).await?;
+            Ok::<_, DbError>(row.get(0))
+        })
+        .await?;
+    serde_json::from_str(&text).map_err(|e| DbError::Config(format!("unexpected notes JSON: {e}")))
+}
+
+async fn list(db: &Db, user: &UserId, json: bool) -> anyhow::Result<ExitCode> {
+    let notes = notes(db, user).await?;
+    if json {
+        println!("{}", Value::Array(notes));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if notes.is_empty() {
+        println!("no notes for user {user}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:>8}  {:>5}  {:<25}  content", "id", "seen", "last seen");
+    for note in &notes {
+        let content = note["content"].as_str().unwrap_or_default();
+        let shown: String = if content.chars().count() > 90 {
+            content.chars().take(89).chain(['…']).collect()
+        } else {
+            content.to_owned()
+        };
+        let last_seen = note["last_seen_at"].as_str().unwrap_or_default();
+        println!(
+            "{:>8}  {:>5}  {:<25}  {shown}",
+            note["id"].to_string(),
+            note["times_seen"].to_string(),
+            last_seen.get(..19).unwrap_or(last_seen)
+        );
+    }
+    println!("{} note(s) for user {user}", notes.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes the notes; the user's `processed_events` rows stay, so a redelivered old event does
+/// not bring a forgotten note back.
+async fn forget(db: &Db, user: &UserId, note: Option<i64>) -> anyhow::Result<ExitCode> {
+    let deleted: u64 = db
+        .run(|conn| async move {
+            let n = match note {
+                Some(id) => {
+                    conn.execute(
+                        "DELETE FROM memory_notes WHERE user_id = $1 AND id = $2",
+                        &[&user.as_str(), &id],
+                    )
+                    .await?
+                }
+                None => {
+                    conn.execute(
+                        "DELETE FROM memory_notes WHERE user_id = $1",
+                        &[&user.as_str()],
+                    )
+                    .await?
+                }
+            };
+            Ok::<_, DbError>(n)
+        })
+        .await?;
+    match note {
+        Some(id) if deleted == 0 => {
+            eprintln!(
+                "error: user {user} has no note {id} (see: hikmah memory list --user {user})"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Some(id) => {
+            println!("forgot note {id} of user {user}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            println!("forgot {deleted} note(s) of user {user}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -1,12 +1,366 @@
-//! `hikmah serve`: the local runner.
+//! `hikmah serve`: the whole pipeline on one machine, with the code that runs in Lambda.
+//!
+//! - HTTP: the elaborate function's own axum [`elaborate::router`], served over plain HTTP/1.1
+//!   on `127.0.0.1:3000` (`PORT` overrides), so the SSE stream is the real one, chunk by chunk.
+//! - Memory: the memory consumer's own [`memory_consumer::handle_batch`], fed
+//!   - by default through an in-process queue: the publisher hands each completed elaboration to
+//!     a worker that wraps it in a real `SqsEvent` (batches of up to 10, like the event source
+//!     mapping) and redelivers the records the handler reports as failed, up to
+//!     [`MAX_RECEIVES`] times, then "dead-letters" them to the log with their full body;
+//!   - or, when `MEMORY_QUEUE_URL` is set, through that SQS-compatible queue (moto, LocalStack,
+//!     or real SQS): elaborate publishes with the SDK and the consumer's [`Poller`] receives,
+//!     invokes the handler and deletes the successes, exactly as in AWS.
+//!
+//! Local defaults (each overridable by the environment): `TRUST_BODY_USER_ID=true` (no
+//! authorizer here, so the body's `user_id` is the caller), and the LLM provider is `offline`
+//! unless one is configured. Migrations run at start (locally only; in AWS a deploy runs them).
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use futures::future::BoxFuture;
+use memory_consumer::{handle_batch, Consumer, Poller};
+use shared::config::{
+    DbConfig, DedupConfig, ElaborateConfig, EmbedConfig, Env, LlmConfig, QueueConfig,
+};
+use shared::db::{self, Db};
+use shared::elaboration::{Elaborator, PgNotes};
+use shared::embed::Embedder;
+use shared::events::ElaborationCompleted;
+use shared::memory::dedup::DedupPolicy;
+use shared::publish::{PublishError, Publisher, SqsPublisher};
+use tokio::sync::{mpsc, watch};
+
+/// Receives of one record before the in-process queue gives up on it (the template's
+/// `maxReceiveCount`).
+pub const MAX_RECEIVES: u32 = 5;
+
+/// Most records per batch, as the event source mapping's `BatchSize` in template.yaml.
+const BATCH_SIZE: usize = 10;
+
+/// How long the in-process queue waits to fill a batch (the template's batching window is 1 s;
+/// locally a short wait keeps the memory visible within a moment).
+const BATCHING_WINDOW: Duration = Duration::from_millis(50);
+
+/// Pool size of each side when `POOL_MAX_SIZE` is unset.
+const DEFAULT_POOL_SIZE: usize = 4;
+
+/// How long a stopping runner lets the in-process queue finish what it already accepted.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Arguments of `hikmah serve`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    port: u16,
+    /// Address to listen on; keep the loopback default unless you mean to expose the runner.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+}
 
-/// Serves the elaborate handler and runs the memory consumer locally.
-pub async fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Serves the elaborate handler and runs the memory consumer locally until Ctrl-C or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let env = local_env();
+    let elaborate_config = ElaborateConfig::from_env(&env)?;
+    let llm = LlmConfig::from_env(&env)?;
+    let queue = QueueConfig::optional_from_env(&env)?;
+    let dedup = DedupConfig::from_env(&env)?;
+    let embed_config = EmbedConfig::from_env(&env)?;
+
+    // Two pools, as in AWS where each function has its own.
+    let consumer_db = Db::connect(&DbConfig::from_env(&env, DEFAULT_POOL_SIZE)?)
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL); the README's first command starts one for you")?;
+    let report = db::migrate(&consumer_db)
+        .await
+        .context("applying migrations")?;
+    for (version, name) in &report.applied {
+        tracing::info!(version, name, "migration applied");
+    }
+    let elaborate_db = Db::connect(&DbConfig::from_env(&env, DEFAULT_POOL_SIZE)?).await?;
+
+    let embedder = Embedder::load(&embed_config).with_context(|| {
+        format!(
+            "loading the embedding model from {} with ONNX Runtime {} (scripts/setup.sh fetches both)",
+            embed_config.model_dir.display(),
+            embed_config.ort_dylib_path.display()
+        )
+    })?;
+    let consumer = Consumer::postgres(consumer_db.clone(), embedder, DedupPolicy::from(&dedup));
+    let provider = shared::llm::from_config(&llm).await?;
+    let model = provider.model().to_owned();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (publisher, queue_label, consumer_task): (Arc<dyn Publisher>, String, _) = match &queue {
+        Some(queue) => {
+            let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let client = aws_sdk_sqs::Client::new(&sdk);
+            let poller = Poller::new(client.clone(), queue.url.clone()).await?;
+            let consumer = consumer.clone();
+            let mut stop = stop_rx.clone();
+            let task = tokio::spawn(async move {
+                let handler = |event: SqsEvent| {
+                    let consumer = consumer.clone();
+                    async move { handle_batch(&consumer, event).await }
+                };
+                let report = poller
+                    .run(handler, async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    })
+                    .await;
+                tracing::info!(?report, "SQS poller stopped");
+            });
+            let publisher = SqsPublisher::new(client, queue.clone());
+            (Arc::new(publisher), format!("SQS {}", queue.url), task)
+        }
+        None => {
+            let (queue, worker) = InProcessQueue::new(consumer.clone(), stop_rx.clone());
+            let task = tokio::spawn(worker.run());
+            (Arc::new(queue), "in-process".to_owned(), task)
+        }
+    };
+
+    let elaborator = Elaborator::new(
+        provider,
+        Arc::new(PgNotes::new(elaborate_db.clone())),
+        publisher,
+        elaborate_config.memory_context_notes,
+    );
+    let app = elaborate::router(elaborate::AppState::new(elaborator, elaborate_config));
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {}:{} (set PORT to use another port)",
+                args.host, args.port
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    print_ready(addr, &model, &queue_label);
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+
+    tracing::info!("stopping: finishing queued memory work");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, consumer_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the memory consumer did not finish within {DRAIN_TIMEOUT:?}; pending events are lost"
+        );
+    }
+    elaborate_db.close();
+    consumer_db.close();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The process environment with the local defaults added where unset.
+fn local_env() -> Env {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    for (name, value) in [("TRUST_BODY_USER_ID", "true")] {
+        vars.entry(name.to_owned())
+            .or_insert_with(|| value.to_owned());
+    }
+    Env::from_pairs(vars)
+}
+
+fn print_ready(addr: SocketAddr, model: &str, queue: &str) {
+    let base = format!("http://{addr}");
+    println!("hikmah serve: listening on {base} (model: {model}; memory queue: {queue})");
+    println!("Stream an elaboration:");
+    println!(
+        "  curl -N {base}{} -H 'content-type: application/json' \\\n    -d '{{\"user_id\": \"u-123\", \"hikmah\": \"Patience is the key to relief.\"}}'",
+        elaborate::ROUTE
+    );
+    println!("Then see what was remembered:");
+    println!("  hikmah memory list --user u-123");
+    println!("Stop with Ctrl-C.");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// One message on the in-process queue.
+#[derive(Debug, Clone)]
+struct Delivery {
+    message_id: String,
+    body: String,
+    receives: u32,
+}
+
+/// The default memory queue of `hikmah serve`: accepted events go to a worker task that runs
+/// the consumer's handler on real `SqsEvent`s.
+#[derive(Debug, Clone)]
+pub struct InProcessQueue {
+    tx: mpsc::UnboundedSender<Delivery>,
+}
+
+/// The worker behind [`InProcessQueue`].
+pub struct InProcessWorker {
+    consumer: Consumer,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    tx: mpsc::UnboundedSender<Delivery>,
+    stop: watch::Receiver<bool>,
+}
+
+impl InProcessQueue {
+    /// A queue and the worker that drains it into `consumer` until `stop` turns true.
+    pub fn new(consumer: Consumer, stop: watch::Receiver<bool>) -> (Self, InProcessWorker) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Self { tx: tx.clone() },
+            InProcessWorker {
+                consumer,
+                rx,
+                tx,
+                stop,
+            },
+        )
+    }
+}
+
+impl Publisher for InProcessQueue {
+    fn publish<'a>(
+        &'a self,
+        event: &'a ElaborationCompleted,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            let delivery = Delivery {
+                message_id: uuid::Uuid::new_v4().to_string(),
+                body: event.to_body(),
+                receives: 0,
+            };
+            self.tx.send(delivery).map_err(|_| {
+                PublishError::Other(
+                    "the in-process memory queue is closed (the runner is stopping)".into(),
+                )
+            })
+        })
+    }
+}
+
+impl InProcessWorker {
+    /// Runs batches until stopped; then finishes what is already queued (not later redeliveries).
+    pub async fn run(mut self) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                d = self.rx.recv() => d,
+                _ = self.stop.wait_for(|stopped| *stopped) => None,
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            let window = tokio::time::sleep(BATCHING_WINDOW);
+            tokio::pin!(window);
+            while batch.len() < BATCH_SIZE {
+                tokio::select! {
+                    d = self.rx.recv() => match d {
+                        Some(d) => batch.push(d),
+                        None => break,
+                    },
+                    () = &mut window => break,
+                }
+            }
+            self.deliver(batch).await;
+        }
+        // Stopping: what was accepted before the stop is still applied.
+        let mut rest = Vec::new();
+        while let Ok(d) = self.rx.try_recv() {
+            rest.push(d);
+        }
+        for chunk in rest.chunks(BATCH_SIZE) {
+            self.deliver(chunk.to_vec()).await;
+        }
+    }
+
+    async fn deliver(&self, mut batch: Vec<Delivery>) {
+        for d in &mut batch {
+            d.receives += 1;
+        }
+        let event = to_sqs_event(&batch);
+        let response = handle_batch(&self.consumer, event).await;
+        let failed: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        for d in batch
+            .into_iter()
+            .filter(|d| failed.contains(&d.message_id.as_str()))
+        {
+            if d.receives >= MAX_RECEIVES {
+                tracing::error!(
+                    message_id = d.message_id,
+                    receives = d.receives,
+                    body = d.body,
+                    "dead-lettered: the memory consumer failed this event {MAX_RECEIVES} times; \
+                     replay the body once the cause is fixed"
+                );
+                continue;
+            }
+            // Like the visibility timeout: try again later, with a growing pause.
+            let tx = self.tx.clone();
+            let pause = Duration::from_millis(500 * 2u64.pow(d.receives.min(6)));
+            tracing::warn!(
+                message_id = d.message_id,
+                receives = d.receives,
+                ?pause,
+                "record failed; redelivering"
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                let _ = tx.send(d);
+            });
+        }
+    }
+}
+
+/// The `SqsEvent` Lambda would build for these messages (one local queue ARN).
+fn to_sqs_event(batch: &[Delivery]) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = batch
+        .iter()
+        .map(|d| {
+            let mut r = SqsMessage::default();
+            r.message_id = Some(d.message_id.clone());
+            r.receipt_handle = Some(format!("in-process-{}-{}", d.message_id, d.receives));
+            r.body = Some(d.body.clone());
+            r.attributes =
+                HashMap::from([("ApproximateReceiveCount".to_owned(), d.receives.to_string())]);
+            r.event_source = Some("aws:sqs".into());
+            r.event_source_arn = Some("arn:aws:sqs:local:000000000000:hikmah-in-process".into());
+            r.aws_region = Some("local".into());
+            r
+        })
+        .collect();
+    event
 }

@@ -178,3 +178,38 @@ fn the_consumers_decision_keeps_precision_at_least_095_on_the_labelled_pairs() {
         );
     }
 }
+
+#[test]
+fn hikmah_dedup_prints_exactly_the_consumers_decision() {
+    let policy = DedupPolicy::default();
+    let scored = load();
+    for s in scored
+        .iter()
+        .filter(|s| ["negation", "paraphrase", "case_punctuation"].contains(&s.pair.kind.as_str()))
+        .step_by(5)
+    {
+        let out = std::process::Command::new(hikmah_tests::bins::bin("hikmah"))
+            .args(["dedup", &s.pair.existing, &s.pair.candidate])
+            .env_remove("DEDUP_THRESHOLD")
+            .output()
+            .expect("run hikmah dedup");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let (cosine, duplicate, reason) = decide(&policy, s);
+        assert_eq!(
+            printed["duplicate"], duplicate,
+            "{} | {}",
+            s.pair.existing, s.pair.candidate
+        );
+        assert_eq!(printed["reason"], reason.as_str());
+        assert!(
+            (printed["cosine"].as_f64().unwrap() - f64::from(cosine)).abs() < 1e-5,
+            "{printed}"
+        );
+    }
+}

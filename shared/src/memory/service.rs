@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use crate::db::Db;
 use crate::embed::Embedder;
 use crate::events::ElaborationCompleted;
-use crate::memory::dedup::{embedding_text, DedupPolicy};
+use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, NoteRef};
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
 use crate::memory::normalize::content_hash;
 use crate::memory::store::{Candidate, MemoryStore, PgMemoryStore, PreparedRecord};
@@ -140,4 +140,36 @@ impl MemoryService {
             db_time,
         })
     }
+}
+
+/// Decides whether `candidate` duplicates `existing` exactly as the consumer does (same
+/// embedding text, same hashes, same policy): for `hikmah dedup` and threshold tuning.
+pub async fn decide_texts(
+    embedder: &dyn TextEmbedder,
+    policy: &DedupPolicy,
+    existing: &str,
+    candidate: &str,
+) -> Result<Decision, MemoryError> {
+    let embeddings = embedder
+        .embed_texts(vec![embedding_text(existing), embedding_text(candidate)])
+        .await?;
+    let [a, b] = embeddings.as_slice() else {
+        return Err(MemoryError::EmbedCount {
+            expected: 2,
+            got: embeddings.len(),
+        });
+    };
+    let (ha, hb) = (content_hash(existing), content_hash(candidate));
+    Ok(policy.decide(
+        NoteRef {
+            text: existing,
+            content_hash: &ha,
+            embedding: a,
+        },
+        NoteRef {
+            text: candidate,
+            content_hash: &hb,
+            embedding: b,
+        },
+    ))
 }

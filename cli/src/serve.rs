@@ -168,10 +168,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// The process environment with the local defaults added where unset.
 fn local_env() -> Env {
     let mut vars: HashMap<String, String> = std::env::vars().collect();
-    for (name, value) in [("TRUST_BODY_USER_ID", "true")] {
-        vars.entry(name.to_owned())
-            .or_insert_with(|| value.to_owned());
-    }
+    // No authorizer runs locally: the body's user_id is the caller.
+    vars.entry("TRUST_BODY_USER_ID".to_owned())
+        .or_insert_with(|| "true".to_owned());
     Env::from_pairs(vars)
 }
 

@@ -12,12 +12,15 @@ use shared::embed::Embedder;
 pub enum Command {
     /// Embedder throughput: batch 1 and 32, ~20 and ~120 tokens, 1 thread and all threads.
     Embed(EmbedArgs),
+    /// Memory consumer: per-message time by memory size, batches of 10, peak RSS, cold init.
+    Consumer(crate::bench_consumer::Args),
 }
 
 /// Runs a benchmark.
 pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Embed(args) => bench_embed(args).await,
+        Command::Consumer(args) => crate::bench_consumer::run(args).await,
     }
 }
 

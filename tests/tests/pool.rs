@@ -14,9 +14,23 @@ use shared::db::{ConnectionClass, Db, DbError};
 async fn backend_pid(db: &Db, attempts: &AtomicUsize) -> Result<i32, DbError> {
     db.run(|conn| async move {
         attempts.fetch_add(1, Ordering::SeqCst);
-        Ok::<_, DbError>(conn.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
+        Ok::<_, DbError>(simple_pid(&conn).await?)
     })
     .await
+}
+
+/// The session's backend pid, over the simple query protocol: unlike a prepared statement it
+/// leaves nothing to clean up (no `Close` sent after the fact), so the connection is truly idle
+/// when this returns.
+async fn simple_pid(client: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
+    let messages = client.simple_query("SELECT pg_backend_pid()").await?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .expect("pg_backend_pid() returned a row"))
 }
 
 /// The application's sessions on `t`'s database: (total, idle in a transaction).
@@ -33,19 +47,178 @@ async fn sessions(admin: &tokio_postgres::Client, t: &TestDb) -> (usize, usize) 
 }
 
 async fn terminate(admin: &tokio_postgres::Client, pid: i32) {
-    // The two-argument form waits until the backend has actually exited.
     let row = admin
-        .query_one("SELECT pg_terminate_backend($1, 5000)", &[&pid])
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .unwrap_or_else(|e| panic!("pg_terminate_backend: {}", render(&e)));
     assert!(row.get::<_, bool>(0), "backend {pid} was not terminated");
+    // Wait until it has exited (faster than the two-argument form, which polls every 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !alive {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backend {pid} did not exit");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A TCP proxy to PostgreSQL that hides a server-side close from the client until the client
+/// next sends something (then it closes the client's socket): what a Lambda environment sees
+/// when it thaws after the server closed its idle connection (the close is still unread), or a
+/// NAT that dropped the flow. So the client's `is_closed()` cannot tell, and only a real round
+/// trip before reuse (`RecyclingMethod::Verified`) keeps the dead connection from being handed
+/// out. It understands just enough of the protocol (message framing, `Q`/`S` requests answered
+/// by one `Z` each) to know when the client is waiting for nothing.
+mod unnoticed_close {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Starts the proxy on a free local port; it runs until the test's runtime ends.
+    pub async fn start(upstream: SocketAddr) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, upstream));
+            }
+        });
+        addr
+    }
+
+    /// Complete messages at the front of `buf` (type byte + length), removed from it.
+    fn frames(buf: &mut Vec<u8>, typed: bool) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let header = if typed { 5 } else { 4 };
+            if buf.len() < header {
+                return out;
+            }
+            let at = header - 4;
+            let len = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+            let total = at + len;
+            if buf.len() < total {
+                return out;
+            }
+            out.push(buf.drain(..total).collect());
+        }
+    }
+
+    async fn relay(mut client: TcpStream, upstream: SocketAddr) {
+        let Ok(mut server) = TcpStream::connect(upstream).await else {
+            return;
+        };
+        let (mut cbuf, mut sbuf) = (Vec::new(), Vec::new());
+        let (mut cread, mut sread) = ([0u8; 8192], [0u8; 8192]);
+        // The startup message has no type byte; everything after it does.
+        let mut startup_sent = false;
+        // Requests awaiting their ReadyForQuery; None until the startup's own ReadyForQuery.
+        let mut pending: Option<i64> = None;
+        let mut server_gone = false;
+        loop {
+            tokio::select! {
+                n = client.read(&mut cread) => {
+                    let Ok(n @ 1..) = n else { return };
+                    if server_gone {
+                        return; // the client finally speaks: now it learns the truth
+                    }
+                    cbuf.extend_from_slice(&cread[..n]);
+                    loop {
+                        let typed = startup_sent;
+                        let msgs = frames(&mut cbuf, typed);
+                        if msgs.is_empty() {
+                            break;
+                        }
+                        for m in msgs {
+                            if !startup_sent {
+                                startup_sent = true;
+                            } else if matches!(m[0], b'Q' | b'S') {
+                                pending = pending.map(|p| p + 1);
+                            }
+                            if server.write_all(&m).await.is_err() {
+                                return;
+                            }
+                        }
+                        if typed {
+                            break;
+                        }
+                    }
+                }
+                n = server.read(&mut sread), if !server_gone => {
+                    match n {
+                        Ok(n @ 1..) => {
+                            sbuf.extend_from_slice(&sread[..n]);
+                            for m in frames(&mut sbuf, true) {
+                                if pending == Some(0) {
+                                    continue; // unsolicited (the FATAL of a terminated backend): held back
+                                }
+                                if client.write_all(&m).await.is_err() {
+                                    return;
+                                }
+                                if m[0] == b'Z' {
+                                    pending = Some(pending.map_or(0, |p| p - 1));
+                                }
+                            }
+                        }
+                        _ => {
+                            if pending != Some(0) {
+                                return; // closed mid-request: the client sees it at once
+                            }
+                            server_gone = true; // closed while idle: say nothing
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `url` pointing at `addr` instead of its own host and port.
+fn via(url: &str, addr: std::net::SocketAddr) -> String {
+    let start = url.find("://").map(|i| i + 3).expect("a postgres:// URL");
+    let end = url[start..]
+        .find(['/', '?'])
+        .map(|i| start + i)
+        .unwrap_or(url.len());
+    let host_start = url[start..end]
+        .rfind('@')
+        .map(|i| start + i + 1)
+        .unwrap_or(start);
+    format!("{}{addr}{}", &url[..host_start], &url[end..])
+}
+
+fn upstream(url: &str) -> std::net::SocketAddr {
+    let cfg: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) if h == "localhost" => "127.0.0.1".to_owned(),
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("tests need a TCP DATABASE_URL, got {other:?}"),
+    };
+    format!(
+        "{host}:{}",
+        cfg.get_ports().first().copied().unwrap_or(5432)
+    )
+    .parse()
+    .unwrap()
 }
 
 #[tokio::test]
 async fn second_request_after_server_closed_connection_succeeds() {
     let t = TestDb::new().await;
     let admin = t.admin().await;
+    let proxy = unnoticed_close::start(upstream(t.url())).await;
     let mut cfg = t.db_config();
+    cfg.source = shared::config::DbSource::Url(shared::config::Secret::new(via(t.url(), proxy)));
     cfg.pool_max_size = 1;
     let db = Db::connect(&cfg).await.unwrap();
 
@@ -53,7 +226,8 @@ async fn second_request_after_server_closed_connection_succeeds() {
         // First request: uses the pooled connection and returns it to the pool.
         let attempts = AtomicUsize::new(0);
         let pid = backend_pid(&db, &attempts).await.unwrap();
-        // The server closes it while it sits in the pool (idle timeout, failover, restart).
+        // The server closes it while it sits in the pool (idle timeout, failover, restart),
+        // and the client has not noticed.
         terminate(&admin, pid).await;
         // Second request: no error surfaces, and the pre-use check (not the retry) caught the
         // dead connection: the work ran once, on a new backend.
@@ -77,10 +251,33 @@ async fn second_request_after_server_closed_connection_succeeds() {
             .get()
             .await
             .unwrap_or_else(|e| panic!("round {round}: get failed: {e}"));
-        client
-            .query_one("SELECT 1", &[])
+        simple_pid(&client)
             .await
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn second_request_after_server_closed_a_direct_connection_succeeds() {
+    let t = TestDb::new().await;
+    let admin = t.admin().await;
+    let mut cfg = t.db_config();
+    cfg.pool_max_size = 1;
+    let db = Db::connect(&cfg).await.unwrap();
+    for round in 0..20 {
+        let pid = backend_pid(&db, &AtomicUsize::new(0)).await.unwrap();
+        terminate(&admin, pid).await;
+        let attempts = AtomicUsize::new(0);
+        let next = backend_pid(&db, &attempts)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: second request failed: {e}"));
+        assert_ne!(next, pid);
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            1,
+            "round {round}: the work was retried"
+        );
     }
     t.cleanup().await;
 }

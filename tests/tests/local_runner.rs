@@ -135,6 +135,20 @@ impl Runner {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Runs `hikmah ARGS` against the runner's database; whether it succeeded.
+    async fn cli(&self, args: &[&str]) -> bool {
+        let mut cmd = Command::new(bin("hikmah"));
+        cmd.args(args)
+            .env("DATABASE_URL", &self.db_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        tokio::task::spawn_blocking(move || cmd.status())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    }
+
     /// Polls the notes until `done` says yes, or fails with the runner's log.
     async fn wait_for_notes(&self, user: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let started = Instant::now();
@@ -235,6 +249,27 @@ async fn serve_with_the_in_process_queue_turns_streams_into_deduplicated_notes()
     let db = TestDb::new().await;
     let runner = Runner::start(&db, None).await;
     walkthrough(&runner).await;
+
+    // Forgetting: one note that does not exist is an error; a user's notes go, others stay.
+    assert!(
+        !runner
+            .cli(&[
+                "memory",
+                "forget",
+                "--user",
+                "concurrent-1",
+                "--note",
+                "999999"
+            ])
+            .await
+    );
+    assert!(
+        runner
+            .cli(&["memory", "forget", "--user", "concurrent-1"])
+            .await
+    );
+    assert!(runner.notes("concurrent-1").await.is_empty());
+    assert!(!runner.notes("concurrent-2").await.is_empty());
     drop(runner);
     db.cleanup().await;
 }

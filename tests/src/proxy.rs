@@ -19,6 +19,10 @@ pub enum Mode {
     /// Kills existing connections; new ones are accepted and never answered (like a vanished
     /// host: only the client's own timeouts end the wait).
     Blackhole,
+    /// Existing connections stay open but nothing is forwarded any more, and new ones are held
+    /// unanswered (a network partition that the kernel does not report: a query in flight
+    /// waits for ever unless the client gives up). Leaving this mode kills them.
+    Stall,
 }
 
 /// A running proxy; stops when dropped.
@@ -47,7 +51,7 @@ impl TcpProxy {
                 let current = *rx.borrow_and_update();
                 match current {
                     Mode::Refuse => drop(client),
-                    Mode::Blackhole => {
+                    Mode::Blackhole | Mode::Stall => {
                         // Hold the socket until the mode changes (or for ever), never answering.
                         tokio::spawn(async move {
                             let _held = client;
@@ -106,15 +110,21 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::R
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
-    tokio::select! {
-        _ = copy_bidirectional(&mut client, &mut server) => {}
-        _ = async {
+    let left = tokio::select! {
+        _ = copy_bidirectional(&mut client, &mut server) => Mode::Open,
+        left = async {
             while mode.changed().await.is_ok() {
-                if *mode.borrow() != Mode::Open {
-                    return;
+                let now = *mode.borrow();
+                if now != Mode::Open {
+                    return now;
                 }
             }
-        } => {}
+            Mode::Refuse
+        } => left,
+    };
+    if left == Mode::Stall {
+        // Keep both sockets open and silent until the mode changes again.
+        let _ = mode.changed().await;
     }
     // Dropping both sockets closes them: the client sees its connection die.
 }

@@ -480,3 +480,67 @@ async fn database_unreachable_fails_records_within_the_timeouts_and_redelivery_a
     drop(consumer);
     tdb.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_database_that_goes_silent_mid_transaction_fails_the_record_at_the_record_timeout() {
+    let tdb = TestDb::new().await;
+    let proxy = TcpProxy::start(upstream_of(tdb.url())).await;
+    let mut pairs = tdb.env_pairs();
+    pairs.retain(|(k, _)| k != "DATABASE_URL");
+    pairs.extend([
+        ("DATABASE_URL".to_owned(), proxy.rewrite_url(tdb.url())),
+        ("DB_CONNECT_TIMEOUT_MS".to_owned(), "1000".to_owned()),
+        ("DB_RECYCLE_TIMEOUT_MS".to_owned(), "1000".to_owned()),
+        ("DB_STATEMENT_TIMEOUT_MS".to_owned(), "5000".to_owned()),
+    ]);
+    let cfg = DbConfig::from_env(&Env::from_pairs(pairs), 2).unwrap();
+    let consumer =
+        consumer_with(Db::connect(&cfg).await.unwrap()).with_record_timeout(Duration::from_secs(3));
+    let warm = event("user-w", PATIENCE, None);
+    assert!(handle_batch(&consumer, batch(&[&warm]))
+        .await
+        .batch_item_failures
+        .is_empty());
+
+    // Hold the user's lock from outside the proxy so the record's query is in flight, then
+    // partition the network: the server's answer (even its statement timeout) never arrives.
+    let mut admin = tdb.admin().await;
+    let lock_holder = admin.transaction().await.unwrap();
+    lock_holder
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+            &[&"user-s", &shared::memory::store::USER_LOCK_SEED],
+        )
+        .await
+        .unwrap();
+    let stalled = event("user-s", "Wisdom sent into a partition.", None);
+    let delivery = batch(&[&stalled]);
+    let started = Instant::now();
+    let invocation = {
+        let (consumer, delivery) = (consumer.clone(), delivery.clone());
+        tokio::spawn(async move { handle_batch(&consumer, delivery).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.set(Mode::Stall);
+    let r = tokio::time::timeout(Duration::from_secs(20), invocation)
+        .await
+        .expect("the invocation must not hang")
+        .unwrap();
+    assert_eq!(r.batch_item_failures.len(), 1, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    lock_holder.rollback().await.unwrap();
+
+    proxy.set(Mode::Open);
+    let r = handle_batch(&consumer, delivery).await;
+    assert!(r.batch_item_failures.is_empty(), "after recovery: {r:?}");
+    assert_eq!(
+        notes(&tdb, "user-s").await,
+        vec![("Wisdom sent into a partition.".to_owned(), 1)]
+    );
+    drop(consumer);
+    tdb.cleanup().await;
+}

@@ -8,8 +8,12 @@
 //! - FIFO queues (event source ARN ending in `.fifo`): records run in order, one at a time; at
 //!   the first failure it and every later record are reported, so order within a message group
 //!   is kept.
+//! - Deadline: a record still running shortly before the invocation's deadline (or past the
+//!   consumer's own record timeout) is abandoned and reported as failed, so a database that
+//!   stalls without closing its connections fails records instead of timing out the whole
+//!   invocation (which would redeliver the successes too).
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
@@ -39,6 +43,9 @@ pub enum RecordError {
     /// The record's task was cancelled (the runtime is shutting down).
     #[error("processing was cancelled")]
     Cancelled,
+    /// The record did not finish before the invocation's deadline or the record timeout.
+    #[error("not finished within {0:?} (invocation deadline or record timeout)")]
+    TimedOut(Duration),
     /// An earlier record of this FIFO batch failed, so this one was not attempted.
     #[error("not attempted: an earlier record of this FIFO batch failed")]
     SkippedAfterFifoFailure,
@@ -50,20 +57,39 @@ pub struct Consumer {
     service: MemoryService,
     db: Db,
     concurrency: usize,
+    record_timeout: Option<Duration>,
 }
+
+/// Time kept back before the Lambda deadline to report the batch response.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
 
 impl Consumer {
     /// A consumer applying records through `service`, at most `concurrency` at once
     /// (`db` is the pool behind the service: its stale connections are dropped per invocation).
     pub fn new(service: MemoryService, db: Db, concurrency: usize) -> Self {
-        Self { service, db, concurrency: concurrency.max(1) }
+        Self {
+            service,
+            db,
+            concurrency: concurrency.max(1),
+            record_timeout: None,
+        }
+    }
+
+    /// Fails a record that takes longer than `timeout` (besides the invocation's deadline).
+    pub fn with_record_timeout(mut self, timeout: Duration) -> Self {
+        self.record_timeout = Some(timeout);
+        self
     }
 
     /// The production wiring: default extractor, real embedder, PostgreSQL store; concurrency =
     /// the pool's size (more records in flight would only wait for a connection).
     pub fn postgres(db: Db, embedder: Embedder, policy: DedupPolicy) -> Self {
         let concurrency = db.pool().status().max_size;
-        Self::new(MemoryService::postgres(db.clone(), embedder, policy), db, concurrency)
+        Self::new(
+            MemoryService::postgres(db.clone(), embedder, policy),
+            db,
+            concurrency,
+        )
     }
 
     /// Records processed at once.
@@ -83,19 +109,38 @@ pub async fn function_handler(
     consumer: &Consumer,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    Ok(handle_batch(consumer, event.payload).await)
+    // The runtime's deadline is wall-clock milliseconds; keep a margin to send the response.
+    let remaining = event
+        .context
+        .deadline()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let deadline = (event.context.deadline > 0)
+        .then(|| tokio::time::Instant::now() + remaining.saturating_sub(DEADLINE_MARGIN));
+    Ok(handle_batch_until(consumer, event.payload, deadline).await)
 }
 
 /// Applies a batch and returns the message ids of the records that failed.
 pub async fn handle_batch(consumer: &Consumer, event: SqsEvent) -> SqsBatchResponse {
+    handle_batch_until(consumer, event, None).await
+}
+
+/// [`handle_batch`] where records still running at `deadline` are abandoned and reported.
+pub async fn handle_batch_until(
+    consumer: &Consumer,
+    event: SqsEvent,
+    deadline: Option<tokio::time::Instant>,
+) -> SqsBatchResponse {
     let started = Instant::now();
     // Connections older than POOL_MAX_AGE_SECS may have been closed while we were frozen.
     let dropped_connections = consumer.db.start_invocation();
     let records = event.records;
     let total = records.len();
-    let fifo = records
-        .iter()
-        .any(|r| r.event_source_arn.as_deref().is_some_and(|arn| arn.ends_with(".fifo")));
+    let fifo = records.iter().any(|r| {
+        r.event_source_arn
+            .as_deref()
+            .is_some_and(|arn| arn.ends_with(".fifo"))
+    });
 
     let mut results: Vec<(String, Result<ApplyOutcome, RecordError>)> = Vec::with_capacity(total);
     if fifo {
@@ -106,7 +151,8 @@ pub async fn handle_batch(consumer: &Consumer, event: SqsEvent) -> SqsBatchRespo
                 results.push((message_id, Err(RecordError::SkippedAfterFifoFailure)));
                 continue;
             }
-            let result = process_record(consumer.service.clone(), record).await;
+            let result =
+                process_record(consumer.service.clone(), record, limit(consumer, deadline)).await;
             failed = result.is_err();
             results.push((message_id, result));
         }
@@ -117,7 +163,11 @@ pub async fn handle_batch(consumer: &Consumer, event: SqsEvent) -> SqsBatchRespo
                     let service = consumer.service.clone();
                     async move {
                         let message_id = record.message_id.clone().unwrap_or_default();
-                        (index, message_id, process_record(service, record).await)
+                        (
+                            index,
+                            message_id,
+                            process_record(service, record, limit(consumer, deadline)).await,
+                        )
                     }
                 })
                 .buffer_unordered(consumer.concurrency)
@@ -157,8 +207,27 @@ pub async fn handle_batch(consumer: &Consumer, event: SqsEvent) -> SqsBatchRespo
     response
 }
 
+/// The instant a record starting now must finish by.
+fn limit(
+    consumer: &Consumer,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    let own = consumer
+        .record_timeout
+        .map(|t| tokio::time::Instant::now() + t);
+    match (own, deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Parses and applies one record on its own task, logging its outcome.
-async fn process_record(service: MemoryService, record: SqsMessage) -> Result<ApplyOutcome, RecordError> {
+async fn process_record(
+    service: MemoryService,
+    record: SqsMessage,
+    until: Option<tokio::time::Instant>,
+) -> Result<ApplyOutcome, RecordError> {
+    let started = tokio::time::Instant::now();
     let message_id = record.message_id.unwrap_or_default();
     let event = match record.body.as_deref().map(ElaborationCompleted::parse) {
         Some(Ok(event)) => event,
@@ -166,11 +235,29 @@ async fn process_record(service: MemoryService, record: SqsMessage) -> Result<Ap
         None => return Err(log_failure(&message_id, None, RecordError::NoBody)),
     };
     let ids = (event.event_id.to_string(), event.user_id.to_string());
-    let task = tokio::spawn(async move { service.apply(&event).await });
-    let result = match task.await {
+    let mut task = tokio::spawn(async move { service.apply(&event).await });
+    let joined = match until {
+        None => (&mut task).await,
+        Some(until) => match tokio::time::timeout_at(until, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                // Dropping the work rolls its transaction back (or, if COMMIT was already
+                // sent, the redelivery finds the processed_events row): safe either way.
+                task.abort();
+                return Err(log_failure(
+                    &message_id,
+                    Some(&ids),
+                    RecordError::TimedOut(started.elapsed()),
+                ));
+            }
+        },
+    };
+    let result = match joined {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(err)) => Err(RecordError::Memory(err)),
-        Err(join) if join.is_panic() => Err(RecordError::Panicked(panic_message(join.into_panic()))),
+        Err(join) if join.is_panic() => {
+            Err(RecordError::Panicked(panic_message(join.into_panic())))
+        }
         Err(_) => Err(RecordError::Cancelled),
     };
     match result {
@@ -195,7 +282,9 @@ async fn process_record(service: MemoryService, record: SqsMessage) -> Result<Ap
 }
 
 fn log_failure(message_id: &str, ids: Option<&(String, String)>, err: RecordError) -> RecordError {
-    let (event_id, user_id) = ids.map(|(e, u)| (e.as_str(), u.as_str())).unwrap_or_default();
+    let (event_id, user_id) = ids
+        .map(|(e, u)| (e.as_str(), u.as_str()))
+        .unwrap_or_default();
     tracing::warn!(message_id, event_id, user_id, error = %err, "record failed; reported for redelivery");
     err
 }

@@ -6,5 +6,5 @@
 pub mod handler;
 pub mod poller;
 
-pub use handler::{function_handler, handle_batch, Consumer, RecordError};
+pub use handler::{function_handler, handle_batch, handle_batch_until, Consumer, RecordError};
 pub use poller::{PollReport, Poller, PollerError};

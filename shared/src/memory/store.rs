@@ -74,8 +74,9 @@ pub struct PgMemoryStore {
 }
 
 /// Seed of `hashtextextended` for the per-user advisory lock: keeps our lock keys apart from
-/// other users of advisory locks in the same database.
-const USER_LOCK_SEED: i64 = 0x6869_6b6d; // "hikm"
+/// other users of advisory locks in the same database. The lock key of a user is
+/// `hashtextextended(user_id, USER_LOCK_SEED)`.
+pub const USER_LOCK_SEED: i64 = 0x6869_6b6d; // "hikm"
 
 impl PgMemoryStore {
     /// A store over `db` (the pool built once at init) deciding duplicates with `policy`.

@@ -9,7 +9,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
+};
 
 /// Why the poller could not talk to the queue.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,10 @@ pub struct Poller {
 
 impl Poller {
     /// A poller for `queue_url`; reads the queue's ARN (it goes into every record, as in Lambda).
-    pub async fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Result<Self, PollerError> {
+    pub async fn new(
+        client: aws_sdk_sqs::Client,
+        queue_url: impl Into<String>,
+    ) -> Result<Self, PollerError> {
         let queue_url = queue_url.into();
         let attrs = client
             .get_queue_attributes()
@@ -60,9 +65,16 @@ impl Poller {
             .send()
             .await
             .map_err(|e| sqs_error("GetQueueAttributes", &queue_url, e))?;
-        let queue_arn =
-            attrs.attributes().and_then(|a| a.get(&QueueAttributeName::QueueArn)).cloned().unwrap_or_default();
-        let region = client.config().region().map(|r| r.to_string()).unwrap_or_default();
+        let queue_arn = attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap_or_default();
+        let region = client
+            .config()
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
         Ok(Self {
             client,
             queue_url,
@@ -131,7 +143,9 @@ impl Poller {
                         total.deleted += r.deleted;
                         total.failed += r.failed;
                     }
-                    Err(err) => tracing::warn!(error = %err, "deleting handled messages failed; they will be redelivered"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "deleting handled messages failed; they will be redelivered")
+                    }
                 },
                 Err(err) => {
                     tracing::warn!(error = %err, "receiving from the queue failed; retrying in 1 s");
@@ -157,11 +171,18 @@ impl Poller {
         if let Some(v) = self.visibility_timeout {
             req = req.visibility_timeout(i32::try_from(v.as_secs()).unwrap_or(i32::MAX));
         }
-        let out = req.send().await.map_err(|e| sqs_error("ReceiveMessage", &self.queue_url, e))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| sqs_error("ReceiveMessage", &self.queue_url, e))?;
         Ok(out.messages.unwrap_or_default())
     }
 
-    async fn handle<F, Fut>(&self, messages: Vec<Message>, handler: &F) -> Result<PollReport, PollerError>
+    async fn handle<F, Fut>(
+        &self,
+        messages: Vec<Message>,
+        handler: &F,
+    ) -> Result<PollReport, PollerError>
     where
         F: Fn(SqsEvent) -> Fut,
         Fut: Future<Output = SqsBatchResponse>,
@@ -176,13 +197,21 @@ impl Poller {
             .collect();
         let event = self.to_event(messages);
         let response = handler(event).await;
-        let failed: HashSet<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+        let failed: HashSet<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
         let entries: Vec<DeleteMessageBatchRequestEntry> = receipts
             .iter()
             .filter(|(id, _)| !failed.contains(id.as_str()))
             .enumerate()
             .filter_map(|(i, (_, receipt))| {
-                DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(receipt).build().ok()
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .ok()
             })
             .collect();
         let to_delete = entries.len();
@@ -196,10 +225,18 @@ impl Poller {
                 .await
                 .map_err(|e| sqs_error("DeleteMessageBatch", &self.queue_url, e))?;
             for f in out.failed() {
-                tracing::warn!(entry = f.id(), code = f.code(), "a handled message could not be deleted; it will be redelivered");
+                tracing::warn!(
+                    entry = f.id(),
+                    code = f.code(),
+                    "a handled message could not be deleted; it will be redelivered"
+                );
             }
         }
-        Ok(PollReport { received, deleted: to_delete, failed: received - to_delete })
+        Ok(PollReport {
+            received,
+            deleted: to_delete,
+            failed: received - to_delete,
+        })
     }
 
     /// The event Lambda would build from these messages.
@@ -241,7 +278,11 @@ impl Poller {
     }
 }
 
-fn sqs_error<E: std::error::Error>(operation: &'static str, queue_url: &str, err: E) -> PollerError {
+fn sqs_error<E: std::error::Error>(
+    operation: &'static str,
+    queue_url: &str,
+    err: E,
+) -> PollerError {
     let mut detail = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {
@@ -249,5 +290,9 @@ fn sqs_error<E: std::error::Error>(operation: &'static str, queue_url: &str, err
         detail.push_str(&e.to_string());
         source = e.source();
     }
-    PollerError::Sqs { operation, queue_url: queue_url.to_owned(), detail }
+    PollerError::Sqs {
+        operation,
+        queue_url: queue_url.to_owned(),
+        detail,
+    }
 }

@@ -280,10 +280,9 @@ fn negation_parity(tokens: &[&str]) -> bool {
 }
 
 const NUMBER_WORDS: &[&str] = &[
-    "zero", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million",
-    "once", "twice", "thrice", "half", "first", "second", "third", "fourth", "fifth", "seventh",
-    "tenth",
+    "zero", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+    "twelve", "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million", "once",
+    "twice", "thrice", "half", "first", "second", "third", "fourth", "fifth", "seventh", "tenth",
 ];
 
 fn numbers<'a>(tokens: &[&'a str]) -> BTreeSet<&'a str> {

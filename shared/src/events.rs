@@ -72,7 +72,7 @@ impl ElaborationCompleted {
             version: serde_json::Value,
         }
         let v: Versioned = serde_json::from_str(body).map_err(EventError::Malformed)?;
-        if v.version != serde_json::Value::from(CURRENT_VERSION) {
+        if v.version.as_u64() != Some(u64::from(CURRENT_VERSION)) {
             return Err(EventError::UnknownVersion { found: v.version });
         }
         serde_json::from_str(body).map_err(EventError::Malformed)

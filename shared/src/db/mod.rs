@@ -20,6 +20,7 @@
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use deadpool_postgres::{
     TimeoutType,
 };
 use tokio::sync::oneshot;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -35,6 +37,7 @@ use crate::config::{DbConfig, DbSource};
 
 mod migrate;
 pub mod secret;
+pub mod tls;
 
 pub use migrate::{
     migrate, schema_version, Migration, MigrationReport, LATEST_SCHEMA_VERSION, MIGRATIONS,
@@ -330,24 +333,33 @@ impl Db {
         Self::from_pg_config(base, cfg)
     }
 
-    /// Builds the pool from an already parsed driver config, adding our settings to it.
-    pub fn from_pg_config(mut pg: tokio_postgres::Config, cfg: &DbConfig) -> Result<Db, DbError> {
-        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(DbError::Config(
-                "sslmode=require is not supported by this build (TLS is not compiled in); \
-                 use sslmode=disable or prefer"
-                    .into(),
-            ));
-        }
+    /// Builds the pool from an already parsed driver config, adding our settings to it. With
+    /// `sslmode=require`, the server certificate is verified against `PGSSLROOTCERT` when set
+    /// (see [`tls`]).
+    pub fn from_pg_config(pg: tokio_postgres::Config, cfg: &DbConfig) -> Result<Db, DbError> {
+        let root_cert = std::env::var_os("PGSSLROOTCERT").filter(|v| !v.is_empty());
+        Self::from_pg_config_with_root_cert(pg, cfg, root_cert.as_deref().map(Path::new))
+    }
+
+    /// [`Db::from_pg_config`] with an explicit root certificate bundle (PEM) instead of
+    /// `PGSSLROOTCERT`; `None` means encrypt without verifying (libpq's `require`).
+    pub fn from_pg_config_with_root_cert(
+        mut pg: tokio_postgres::Config,
+        cfg: &DbConfig,
+        root_cert: Option<&Path>,
+    ) -> Result<Db, DbError> {
         apply_session_settings(&mut pg, cfg);
         let target = describe_target(&pg);
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        };
+        let manager = if pg.get_ssl_mode() == SslMode::Require {
+            let tls = tls::MakeRustls::new(tls::client_config(root_cert)?);
+            Manager::from_config(pg, tls, manager_config)
+        } else {
+            // disable, or prefer (libpq's default): without a TLS connector no TLS is attempted.
+            Manager::from_config(pg, NoTls, manager_config)
+        };
         let max_age = cfg.pool_max_age;
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_max_size)
@@ -515,9 +527,17 @@ impl Db {
     }
 
     fn connect_error(&self, cause: tokio_postgres::Error) -> DbError {
+        let mut detail = describe(&cause);
+        if detail.contains("no encryption") || detail.contains("SSL off") {
+            detail.push_str(" (the server requires TLS: add sslmode=require to DATABASE_URL)");
+        }
+        if detail.contains("invalid peer certificate") {
+            detail
+                .push_str(" (the server's certificate is not trusted by the PGSSLROOTCERT bundle)");
+        }
         DbError::Connect {
             target: self.inner.target.clone(),
-            detail: describe(&cause),
+            detail,
             cause: Some(cause),
         }
     }
@@ -693,9 +713,11 @@ mod tests {
     }
 
     #[test]
-    fn url_with_sslmode_require_is_refused_with_a_clear_message() {
+    fn sslmode_require_with_an_unreadable_root_bundle_names_the_file() {
         let pg: tokio_postgres::Config = "postgres://app@h/db?sslmode=require".parse().unwrap();
-        let err = Db::from_pg_config(pg, &cfg("postgres://app@h/db")).unwrap_err();
-        assert!(err.to_string().contains("sslmode"), "{err}");
+        let root = Path::new("/nonexistent/global-bundle.pem");
+        let err = Db::from_pg_config_with_root_cert(pg, &cfg("postgres://app@h/db"), Some(root))
+            .unwrap_err();
+        assert!(err.to_string().contains("global-bundle.pem"), "{err}");
     }
 }

@@ -54,14 +54,17 @@ impl fmt::Debug for RdsSecret {
 }
 
 impl RdsSecret {
-    /// The driver configuration for these credentials (our session settings are added later).
+    /// The driver configuration for these credentials, with TLS required (our session settings
+    /// are added later).
     pub fn to_pg_config(&self) -> tokio_postgres::Config {
         let mut pg = tokio_postgres::Config::new();
         pg.host(&self.host)
             .port(self.port)
             .user(&self.username)
             .password(self.password.expose())
-            .dbname(&self.dbname);
+            .dbname(&self.dbname)
+            // RDS always offers TLS, and PostgreSQL 15+ on RDS requires it by default.
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
         pg
     }
 }

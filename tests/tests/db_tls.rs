@@ -1,0 +1,249 @@
+//! TLS to a real PostgreSQL that accepts only TLS connections (as RDS for PostgreSQL 15+ does by
+//! default): `sslmode=require` connects encrypted, a root bundle makes the certificate checked,
+//! and a plain connection gets an error that says what to change.
+//!
+//! The test starts its own throwaway cluster (initdb, as the `postgres` user when run as root)
+//! with a certificate made by `openssl`, both installed with PostgreSQL by `scripts/test.sh`'s
+//! image.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shared::config::{DbConfig, Env};
+use shared::db::{Db, DbError};
+
+/// A PostgreSQL cluster with `ssl=on` and only `hostssl` entries, stopped and deleted on drop.
+struct TlsCluster {
+    dir: PathBuf,
+    bindir: PathBuf,
+    port: u16,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// A command run as the `postgres` user when we are root (initdb refuses to run as root).
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").is_file() {
+            return dir;
+        }
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if dir.join("initdb").is_file() {
+            return dir;
+        }
+    }
+    panic!("PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/test.sh, which installs them")
+}
+
+/// Makes a CA and a server certificate for `localhost` / 127.0.0.1 signed by it.
+fn make_certs(dir: &Path, ca: &str) {
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={ca}"),
+        "-keyout",
+        &format!("{ca}.key"),
+        "-out",
+        &format!("{ca}.crt"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+}
+
+impl TlsCluster {
+    fn start() -> Self {
+        let bindir = pg_bindir();
+        let dir = std::env::temp_dir().join(format!(
+            "hikmah-tls-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        make_certs(&dir, "ca");
+        make_certs(&dir, "other-ca");
+        let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(&dir).args(args));
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ]);
+        if is_root() {
+            run(Command::new("chown").args(["-R", "postgres:"]).arg(&dir));
+        }
+        run(Command::new("chmod").args(["700"]).arg(&dir));
+        run(Command::new("chmod")
+            .args(["600"])
+            .arg(dir.join("server.key")));
+
+        let data = dir.join("data");
+        run(as_postgres(&bindir.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]));
+        // Only TLS connections are accepted over TCP.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        if is_root() {
+            run(Command::new("chown")
+                .args(["postgres:"])
+                .arg(data.join("pg_hba.conf")));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!(
+            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={dir}/server.crt \
+             -c ssl_key_file={dir}/server.key -c fsync=off",
+            dir = dir.display()
+        );
+        let cluster = TlsCluster { dir, bindir, port };
+        run(as_postgres(&cluster.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(cluster.dir.join("log"))
+            .args(["-w", "-t", "30", "-o", &options, "start"]));
+        cluster
+    }
+
+    fn url(&self, host: &str, sslmode: &str) -> String {
+        format!(
+            "postgres://postgres@{host}:{}/postgres?sslmode={sslmode}",
+            self.port
+        )
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pool(url: &str, root_cert: Option<&Path>) -> Result<Db, DbError> {
+    let cfg = DbConfig::from_env(&Env::from_pairs([("DATABASE_URL", url)]), 1).unwrap();
+    Db::from_pg_config_with_root_cert(url.parse().unwrap(), &cfg, root_cert)
+}
+
+async fn session_is_encrypted(db: &Db) -> Result<bool, DbError> {
+    db.run(|conn| async move {
+        let row = conn
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok::<_, DbError>(row.get(0))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tls_connections_to_a_server_that_requires_tls() {
+    let cluster = tokio::task::spawn_blocking(TlsCluster::start)
+        .await
+        .unwrap();
+    let ca = cluster.dir.join("ca.crt");
+    let other_ca = cluster.dir.join("other-ca.crt");
+
+    // sslmode=require without a root bundle: encrypted (libpq's `require`), pool works twice.
+    let db = pool(&cluster.url("127.0.0.1", "require"), None).unwrap();
+    assert!(session_is_encrypted(&db).await.unwrap());
+    assert!(session_is_encrypted(&db).await.unwrap());
+
+    // With the root bundle: the certificate chain and host name are verified.
+    let db = pool(&cluster.url("localhost", "require"), Some(&ca)).unwrap();
+    assert!(session_is_encrypted(&db).await.unwrap());
+    let db = pool(&cluster.url("127.0.0.1", "require"), Some(&ca)).unwrap();
+    assert!(session_is_encrypted(&db).await.unwrap());
+
+    // A certificate from another CA is refused.
+    let db = pool(&cluster.url("localhost", "require"), Some(&other_ca)).unwrap();
+    let err = session_is_encrypted(&db).await.unwrap_err();
+    assert!(err.is_connection(), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // Without TLS the server refuses, and the error says what to change.
+    let db = pool(&cluster.url("127.0.0.1", "disable"), None).unwrap();
+    let err = session_is_encrypted(&db).await.unwrap_err();
+    assert!(err.to_string().contains("sslmode=require"), "{err}");
+}

@@ -218,7 +218,11 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                if let Ok((client, conn)) = tokio_postgres::connect(&admin_url, NoTls).await {
+                let Ok(mut cfg) = admin_url.parse::<tokio_postgres::Config>() else {
+                    return;
+                };
+                cfg.connect_timeout(std::time::Duration::from_secs(5));
+                if let Ok((client, conn)) = cfg.connect(NoTls).await {
                     tokio::spawn(conn);
                     if let Err(e) = drop_database(&client, &name).await {
                         eprintln!(
@@ -265,7 +269,11 @@ async fn sweep_stale_databases(admin: &tokio_postgres::Client) {
             .and_then(|p| p.parse::<u32>().ok());
         let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
         if pid.is_some() && !alive {
-            let _ = drop_database(admin, &name).await;
+            // Without FORCE: a database someone is connected to (a process in another pid
+            // namespace sharing this server) is left alone.
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                .await;
         }
     }
 }

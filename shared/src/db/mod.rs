@@ -15,7 +15,9 @@
 //!   timeout.
 //!
 //! Credentials come from `DATABASE_URL`, or in AWS from a Secrets Manager secret read through
-//! the Parameters and Secrets Lambda Extension (see [`secret`]).
+//! the Parameters and Secrets Lambda Extension (see [`secret`]). `sslmode=require` (always for
+//! a secret, as RDS requires TLS) connects with rustls, verifying the server certificate
+//! against `PGSSLROOTCERT` when set (see [`tls`]).
 
 use std::fmt;
 use std::future::Future;
@@ -230,9 +232,15 @@ pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
     if err.is_closed() {
         return true;
     }
-    if let Some(code) = err.code() {
-        let code = code.code();
-        return code.starts_with("08") || CONNECTION_CODES.contains(&code);
+    if let Some(db) = err.as_db_error() {
+        let code = db.code().code();
+        // After a FATAL (or PANIC) error the server ends the session, whatever the code.
+        // (`parsed_severity` is the untranslated one; `severity` follows lc_messages.)
+        let fatal = matches!(
+            db.parsed_severity(),
+            Some(tokio_postgres::error::Severity::Fatal | tokio_postgres::error::Severity::Panic)
+        ) || matches!(db.severity(), "FATAL" | "PANIC");
+        return fatal || code.starts_with("08") || CONNECTION_CODES.contains(&code);
     }
     // Io and Connect kinds carry the std::io::Error that broke the socket (reset, broken pipe,
     // timed out...); the driver does not expose its error kind otherwise.

@@ -386,7 +386,9 @@ async fn failed_units_of_work_leak_no_connections_and_no_open_transactions() {
         })
     };
 
-    // 100 one at a time: after each, nothing is left inside a transaction.
+    // 100 one at a time: after each, nothing is left inside a transaction, and the connection
+    // was kept (a clean failure is no reason to reconnect).
+    let warm = backend_pid(&db, &AtomicUsize::new(0)).await.unwrap();
     for i in 0..100 {
         let err = failing_work(&db, i).await;
         assert!(!err.is_connection(), "unit {i}: {err:?}");
@@ -394,6 +396,11 @@ async fn failed_units_of_work_leak_no_connections_and_no_open_transactions() {
         assert!(total <= 3, "unit {i}: {total} sessions for a pool of 3");
         assert_eq!(in_tx, 0, "unit {i} left a transaction open");
     }
+    let still = backend_pid(&db, &AtomicUsize::new(0)).await.unwrap();
+    assert_eq!(
+        still, warm,
+        "a connection was replaced after a clean failure"
+    );
     // 100 more, six at a time over a pool of three.
     let errors: Vec<AppError> = futures::stream::iter(100..200)
         .map(|i| failing_work(&db, i))
@@ -747,5 +754,83 @@ async fn sessions_carry_the_configured_name_timeouts_and_keepalive() {
     assert_eq!(app, t.application_name());
     assert_eq!(stmt, "1500ms");
     assert_eq!(idle_tx, "1min");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_unit_of_work_cancelled_mid_transaction_leaves_no_transaction_open() {
+    let t = TestDb::new().await;
+    let admin = t.admin().await;
+    let mut cfg = t.db_config();
+    cfg.pool_max_size = 1;
+    let db = Db::connect(&cfg).await.unwrap();
+    // The caller gives up (a handler timeout) while the transaction is open and idle.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        db.run(|mut conn| async move {
+            let tx = conn.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock(9)", &[]).await?;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            tx.commit().await?;
+            Ok::<_, DbError>(())
+        }),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the unit of work was meant to be cancelled"
+    );
+    // The next unit of work on the (only) connection runs outside any transaction...
+    // (Over the simple protocol, outside a transaction block the two timestamps are equal.)
+    let in_tx = db
+        .run(|conn| async move {
+            let messages = conn
+                .simple_query("SELECT transaction_timestamp() <> statement_timestamp()")
+                .await?;
+            Ok::<_, DbError>(messages.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t"))
+            }))
+        })
+        .await
+        .unwrap();
+    assert!(!in_tx, "the cancelled transaction is still open");
+    // ...and the cancelled transaction's lock is gone.
+    let free: bool = admin
+        .query_one("SELECT pg_try_advisory_lock(9)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(free, "the cancelled transaction still holds its lock");
+    assert_eq!(sessions(&admin, &t).await.1, 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_unit_of_work_cancelled_during_a_query_does_not_block_the_next_one() {
+    let t = TestDb::new().await;
+    let mut cfg = t.db_config();
+    cfg.pool_max_size = 1;
+    cfg.recycle_timeout = Duration::from_millis(300);
+    let db = Db::connect(&cfg).await.unwrap();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        db.run(|mut conn| async move {
+            let tx = conn.transaction().await?;
+            tx.execute("SELECT pg_sleep(3)", &[]).await?;
+            tx.commit().await?;
+            Ok::<_, DbError>(())
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    // The pooled connection is still busy with the abandoned query: its pre-use check times
+    // out and a fresh connection serves the next unit of work, well before the query ends.
+    let started = Instant::now();
+    backend_pid(&db, &AtomicUsize::new(0)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(300) + Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
     t.cleanup().await;
 }

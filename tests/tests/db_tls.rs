@@ -20,7 +20,9 @@ struct TlsCluster {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{cmd:?}: {e} (PostgreSQL's server binaries and openssl are needed: run scripts/test.sh)")
+    });
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",

@@ -834,3 +834,41 @@ async fn a_unit_of_work_cancelled_during_a_query_does_not_block_the_next_one() {
     );
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn after_every_pooled_connection_is_terminated_the_next_units_of_work_succeed() {
+    let t = TestDb::new().await;
+    let mut cfg = t.db_config();
+    cfg.pool_max_size = 3;
+    let db = Db::connect(&cfg).await.unwrap();
+    // Warm all three connections at once.
+    let held = [
+        db.get().await.unwrap(),
+        db.get().await.unwrap(),
+        db.get().await.unwrap(),
+    ];
+    drop(held);
+    assert_eq!(t.app_backends().await.len(), 3);
+
+    // A server restart or failover: every session of the application ends.
+    assert_eq!(t.terminate_app_backends().await, 3);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !t.app_backends().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "terminated sessions did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let attempts = AtomicUsize::new(0);
+    let pids: Vec<i32> = futures::future::try_join_all((0..3).map(|_| backend_pid(&db, &attempts)))
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "a unit of work needed its retry"
+    );
+    assert_eq!(pids.len(), 3);
+    t.cleanup().await;
+}

@@ -3,6 +3,8 @@
 # registries (PyPI, Debian), is pinned, and is cached outside the repo; nothing is fetched at run time.
 
 set -euo pipefail
+# runuser, useradd and pg_ctl live in sbin directories that a minimal PATH may lack.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 HIKMAH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HIKMAH_CACHE_DIR=${HIKMAH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hikmah}

@@ -27,6 +27,11 @@ use crate::types::{Embedding, EMBEDDING_DIM};
 /// sentence-transformers does for this model (`max_seq_length` 256).
 pub const MAX_TOKENS: usize = 256;
 
+/// Most padded tokens (texts × longest text) in one model run: bounds the attention buffers
+/// (attention scores: texts × 12 heads × longest² floats, ≤ 50 MB at this size) while keeping batches large enough to amortise
+/// the per-run overhead.
+pub const BATCH_TOKEN_BUDGET: usize = 4096;
+
 /// File name of the ONNX model inside [`EmbedConfig::model_dir`].
 pub const MODEL_FILE: &str = "model.onnx";
 
@@ -169,8 +174,8 @@ impl Embedder {
         let model_path = cfg.model_dir.join(MODEL_FILE);
         let tokenizer_path = cfg.model_dir.join(TOKENIZER_FILE);
         for (what, path) in [
-            ("the model", &model_path),
-            ("the tokenizer", &tokenizer_path),
+            ("model file", &model_path),
+            ("tokenizer file", &tokenizer_path),
         ] {
             if !path.is_file() {
                 return Err(EmbedError::MissingFile {
@@ -239,39 +244,46 @@ impl Embedder {
         .map_err(|e| EmbedError::Task(e.to_string()))?
     }
 
-    /// Embeds `texts` on the calling thread (CPU-bound: never call it on an async executor).
+    /// Embeds `texts` on the calling thread (CPU-bound: never call it on an async executor);
+    /// results are in input order.
     ///
-    /// Each text is run through the model on its own. The model's int8 layers quantise their
-    /// activations dynamically (DynamicQuantizeLinear: one scale per whole input tensor), so in a
-    /// padded batch a text's vector depends on its neighbours; running texts one by one makes a
-    /// text's embedding independent of the batch it arrives in (the dedup contract relies on it),
-    /// and costs no padding. See `hikmah bench embed` for the measured trade-off.
+    /// Texts are sorted by token count and run in padded batches of similar length (at most
+    /// [`BATCH_TOKEN_BUDGET`] padded tokens per run), so little work is spent on padding. A text's
+    /// vector does not depend on the batch it arrives in: the model's int8 weights are
+    /// dequantised once at load (constant folding), so every run computes in fp32, padded
+    /// positions are masked out of attention and pooling, and `hikmah bench embed` measures the
+    /// batched and one-by-one vectors as equal (the tests hold them to 1e-5).
     pub fn embed_blocking(&self, texts: &[&str]) -> Result<Vec<Embedding>, EmbedError> {
-        texts
-            .iter()
-            .enumerate()
-            .map(|(index, text)| {
-                let encoding = self.encode(index, text)?;
-                let mut pooled = self.run(std::slice::from_ref(&encoding))?;
-                pooled
-                    .pop()
-                    .ok_or_else(|| self.inference_error("the model returned no vector".into()))
-            })
-            .collect()
-    }
-
-    /// Embeds `texts` in ONE padded model run. For measurement only: with dynamic quantisation a
-    /// text's vector then depends on the other texts of the batch (see [`Self::embed_blocking`]).
-    pub fn embed_padded_batch_blocking(
-        &self,
-        texts: &[&str],
-    ) -> Result<Vec<Embedding>, EmbedError> {
         let encodings = texts
             .iter()
             .enumerate()
             .map(|(index, text)| self.encode(index, text))
             .collect::<Result<Vec<_>, _>>()?;
-        self.run(&encodings)
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].len());
+
+        let mut out: Vec<Option<Embedding>> = vec![None; encodings.len()];
+        let mut start = 0;
+        while start < order.len() {
+            // Sorted ascending, so the last text of a chunk is its longest: grow the chunk while
+            // the padded size stays within budget (a single text always fits: MAX_TOKENS).
+            let mut end = start + 1;
+            while end < order.len()
+                && (end + 1 - start) * encodings[order[end]].len() <= BATCH_TOKEN_BUDGET
+            {
+                end += 1;
+            }
+            let chunk: Vec<&Encoding> = order[start..end].iter().map(|&i| &encodings[i]).collect();
+            for (&i, embedding) in order[start..end].iter().zip(self.run(&chunk)?) {
+                out[i] = Some(embedding);
+            }
+            start = end;
+        }
+        out.into_iter()
+            .map(|e| {
+                e.ok_or_else(|| self.inference_error("the model returned too few vectors".into()))
+            })
+            .collect()
     }
 
     /// Number of tokens (special tokens included, after truncation) the model sees for `text`.
@@ -302,12 +314,12 @@ impl Embedder {
     }
 
     /// Runs one (right-padded) batch and returns its mean-pooled, L2-normalised vectors.
-    fn run(&self, encodings: &[Encoding]) -> Result<Vec<Embedding>, EmbedError> {
+    fn run(&self, encodings: &[&Encoding]) -> Result<Vec<Embedding>, EmbedError> {
         if encodings.is_empty() {
             return Ok(Vec::new());
         }
         let batch = encodings.len();
-        let seq = encodings.iter().map(Encoding::len).max().unwrap_or(0);
+        let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
         let mut ids = vec![0i64; batch * seq];
         let mut mask = vec![0i64; batch * seq];
         for (row, enc) in encodings.iter().enumerate() {

@@ -290,3 +290,26 @@ fn a_corrupt_model_file_is_an_error_naming_it() {
     assert!(matches!(err, EmbedError::Model { .. }), "{text}");
     assert!(text.contains("model.onnx"), "{text}");
 }
+
+#[test]
+fn a_batch_split_over_several_model_runs_keeps_input_order_and_vectors() {
+    // Long texts past the per-run token budget force several runs, and sorting by length
+    // reorders texts internally: results must still come back in input order, equal to singles.
+    let e = embedder();
+    let texts: Vec<String> = (0..40)
+        .map(|i| match i % 4 {
+            0 => format!("{i} {}", "long text about patience and relief ".repeat(60)),
+            1 => format!("{i}"),
+            2 => format!("{i} a medium sentence about knowledge and action"),
+            _ => format!("{i} {}", "words ".repeat(i * 3)),
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let batch = e.embed_blocking(&refs).unwrap();
+    assert_eq!(batch.len(), texts.len());
+    for (text, in_batch) in refs.iter().zip(&batch) {
+        let single = e.embed_blocking(&[text]).unwrap().remove(0);
+        let d = max_abs_diff(in_batch, &single);
+        assert!(d <= 1e-5, "batch vs single differ by {d} for {text:?}");
+    }
+}

@@ -433,15 +433,19 @@ impl Db {
     /// future `Send` (rustc cannot yet prove `Send` for futures of higher-ranked async closures).
     /// Capture what the work needs by reference or by copy; `work` is called again on a retry.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # use shared::db::{Db, DbError};
+    /// # async fn example(db: &Db, a: &str, b: i32) -> Result<u64, DbError> {
     /// let added: u64 = db
     ///     .run(|mut conn| async move {
     ///         let tx = conn.transaction().await?;
-    ///         let n = tx.execute("INSERT ...", &[&a, &b]).await?;
+    ///         let n = tx.execute("INSERT INTO t VALUES ($1, $2)", &[&a, &b]).await?;
     ///         tx.commit().await?;
     ///         Ok::<_, DbError>(n)
     ///     })
     ///     .await?;
+    /// # Ok(added)
+    /// # }
     /// ```
     ///
     /// The error type is yours when it is `From<DbError> + ConnectionClass` (convert driver

@@ -544,3 +544,31 @@ async fn a_database_that_goes_silent_mid_transaction_fails_the_record_at_the_rec
     drop(consumer);
     tdb.cleanup().await;
 }
+
+#[tokio::test]
+async fn candidates_of_one_event_are_deduplicated_among_themselves() {
+    let s = setup().await;
+    let e = event(
+        "user-a",
+        PATIENCE,
+        Some("Patience is what opens the door to relief."),
+    );
+    let r = handle_batch(&s.consumer, batch(&[&e])).await;
+    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_eq!(
+        notes(&s.tdb, "user-a").await,
+        vec![(PATIENCE.to_owned(), 1)]
+    );
+    let row = s
+        .tdb
+        .admin()
+        .await
+        .query_one(
+            "SELECT notes_added, notes_reinforced FROM processed_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 0));
+    s.tdb.cleanup().await;
+}

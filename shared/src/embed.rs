@@ -27,9 +27,9 @@ use crate::types::{Embedding, EMBEDDING_DIM};
 /// sentence-transformers does for this model (`max_seq_length` 256).
 pub const MAX_TOKENS: usize = 256;
 
-/// Most padded tokens (texts × longest text) in one model run: bounds the attention buffers
-/// (attention scores: texts × 12 heads × longest² floats, ≤ 50 MB at this size) while keeping batches large enough to amortise
-/// the per-run overhead.
+/// Most padded tokens (texts × longest text) in one model run. Bounds the activations (attention
+/// scores are texts × 12 heads × longest² floats: at most 50 MB at this budget) while keeping
+/// batches large enough to amortise the per-run overhead.
 pub const BATCH_TOKEN_BUDGET: usize = 4096;
 
 /// File name of the ONNX model inside [`EmbedConfig::model_dir`].

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_consumer;
+mod bench_elaborate;
 mod dedup;
 mod doctor;
 mod embed;

@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt as _;
 use axum::Router;
 use futures::StreamExt;
 
@@ -105,6 +106,10 @@ impl FakeLlm {
             .await
             .expect("bind the fake LLM to 127.0.0.1:0");
         let addr = listener.local_addr().expect("fake LLM address");
+        // Like a real provider's server: each SSE chunk goes out at once (no Nagle delay).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

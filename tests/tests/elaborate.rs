@@ -170,11 +170,12 @@ async fn harness(opts: Options) -> Harness {
         trust_body_user_id: opts.trust_body_user_id,
         keepalive: opts.keepalive,
     };
-    let app = router(AppState::new(elaborator, config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        elaborate::serve_http(listener, AppState::new(elaborator, config))
+            .await
+            .unwrap();
     });
     Harness {
         base,

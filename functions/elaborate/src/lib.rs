@@ -108,6 +108,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serves [`router`] over plain HTTP/1.1 on `listener` (the local runner, tests, benchmarks).
+///
+/// Sets `TCP_NODELAY` on every connection: an event stream is many small writes, and with
+/// Nagle's algorithm a delta written while the previous segment awaits its (delayed) ACK is held
+/// back for up to 40 ms.
+pub async fn serve_http(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router(state)).await
+}
+
 /// An error before streaming: status plus the contract's `{"error": {code, message, field}}`.
 #[derive(Debug)]
 struct ApiError {

@@ -253,3 +253,159 @@ fn chunk_event(delta: serde_json::Value, finish_reason: Option<&str>) -> String 
     });
     format!("data: {chunk}\n\n")
 }
+
+/// A fake Amazon Bedrock runtime: `POST /model/{id}/converse-stream` answered with an AWS
+/// event stream (`application/vnd.amazon.eventstream`) of `ConverseStream` events, or an error.
+/// Point an SDK client at it with `endpoint_url`.
+pub struct FakeBedrock {
+    addr: SocketAddr,
+    recorded: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// How the fake Bedrock answers.
+#[derive(Debug, Clone)]
+pub enum BedrockScript {
+    /// `messageStart`, one `contentBlockDelta` per text (after `pause`), `contentBlockStop`,
+    /// `messageStop`, `metadata`.
+    Stream {
+        /// The text deltas.
+        texts: Vec<String>,
+        /// Pause before each delta.
+        pause: Duration,
+    },
+    /// An error answer: status, `x-amzn-errortype` and message.
+    Fail {
+        /// HTTP status.
+        status: u16,
+        /// The error type (`AccessDeniedException`, `ValidationException`, ...).
+        error_type: String,
+        /// The message.
+        message: String,
+    },
+}
+
+impl FakeBedrock {
+    /// Starts the fake on a free port of 127.0.0.1.
+    pub async fn start(script: BedrockScript) -> Self {
+        let recorded: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+        let rec = recorded.clone();
+        let app = Router::new().fallback(move |uri: axum::http::Uri, body: Bytes| {
+            let rec = rec.clone();
+            let script = script.clone();
+            async move {
+                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                rec.lock()
+                    .expect("record lock")
+                    .push((uri.path().to_owned(), json));
+                bedrock_answer(script)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake Bedrock");
+        let addr = listener.local_addr().expect("fake Bedrock address");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            recorded,
+            server,
+        }
+    }
+
+    /// The endpoint URL for the SDK.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `(path, JSON body)` of every request so far.
+    pub fn requests(&self) -> Vec<(String, serde_json::Value)> {
+        self.recorded.lock().expect("record lock").clone()
+    }
+}
+
+impl Drop for FakeBedrock {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+fn bedrock_answer(script: BedrockScript) -> Response {
+    match script {
+        BedrockScript::Fail {
+            status,
+            error_type,
+            message,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::json!({ "message": message }).to_string();
+            (
+                status,
+                [
+                    ("x-amzn-errortype", error_type),
+                    ("content-type", "application/json".into()),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        BedrockScript::Stream { texts, pause } => {
+            let mut events = vec![(
+                Duration::ZERO,
+                "messageStart",
+                serde_json::json!({"role": "assistant"}),
+            )];
+            events.extend(texts.into_iter().map(|t| {
+                (
+                    pause,
+                    "contentBlockDelta",
+                    serde_json::json!({"contentBlockIndex": 0, "delta": {"text": t}}),
+                )
+            }));
+            events.push((
+                Duration::ZERO,
+                "contentBlockStop",
+                serde_json::json!({"contentBlockIndex": 0}),
+            ));
+            events.push((
+                Duration::ZERO,
+                "messageStop",
+                serde_json::json!({"stopReason": "end_turn"}),
+            ));
+            events.push((
+                Duration::ZERO,
+                "metadata",
+                serde_json::json!({"usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2}, "metrics": {"latencyMs": 1}}),
+            ));
+            let frames = futures::stream::iter(events).then(|(pause, kind, payload)| async move {
+                tokio::time::sleep(pause).await;
+                Ok::<_, std::io::Error>(Bytes::from(event_frame(kind, &payload)))
+            });
+            (
+                [(header::CONTENT_TYPE, "application/vnd.amazon.eventstream")],
+                Body::from_stream(frames),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn event_frame(kind: &'static str, payload: &serde_json::Value) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let message = Message::new(payload.to_string().into_bytes())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ))
+        .add_header(Header::new(":event-type", HeaderValue::String(kind.into())))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut out = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut out)
+        .expect("encode an event-stream frame");
+    out
+}

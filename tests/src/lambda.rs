@@ -90,9 +90,8 @@ impl LambdaWatch {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-        for (k, v) in env {
-            cmd.args(["--env-var", &format!("{k}={v}")]);
-        }
+        // The function inherits the emulator's environment; `--env-var` is not used because it
+        // splits values at commas (RUST_LOG=info,x=debug).
         {
             use std::os::unix::process::CommandExt;
             cmd.process_group(0);

@@ -572,3 +572,57 @@ async fn candidates_of_one_event_are_deduplicated_among_themselves() {
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 0));
     s.tdb.cleanup().await;
 }
+
+fn lambda_event(payload: SqsEvent, deadline_in: Duration) -> lambda_http::LambdaEvent<SqsEvent> {
+    let mut context = lambda_http::Context::default();
+    let deadline = std::time::SystemTime::now() + deadline_in;
+    context.deadline = deadline
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    lambda_http::LambdaEvent::new(payload, context)
+}
+
+#[tokio::test]
+async fn the_lambda_deadline_leaves_normal_records_alone_and_bounds_stuck_ones() {
+    let s = setup().await;
+    let e = event("user-a", PATIENCE, None);
+    let r = memory_consumer::function_handler(
+        &s.consumer,
+        lambda_event(batch(&[&e]), Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_eq!(
+        notes(&s.tdb, "user-a").await,
+        vec![(PATIENCE.to_owned(), 1)]
+    );
+
+    // A record stuck behind another session's lock of its user: reported before the deadline.
+    let mut admin = s.tdb.admin().await;
+    let holder = admin.transaction().await.unwrap();
+    holder
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+            &[&"user-a", &shared::memory::store::USER_LOCK_SEED],
+        )
+        .await
+        .unwrap();
+    let stuck = event("user-a", "A wisdom that waits for its lock.", None);
+    let started = Instant::now();
+    let r = memory_consumer::function_handler(
+        &s.consumer,
+        lambda_event(batch(&[&stuck]), Duration::from_secs(3)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.batch_item_failures.len(), 1, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "reported after the deadline: {:?}",
+        started.elapsed()
+    );
+    holder.rollback().await.unwrap();
+    s.tdb.cleanup().await;
+}

@@ -60,7 +60,8 @@ pub struct Consumer {
     record_timeout: Option<Duration>,
 }
 
-/// Time kept back before the Lambda deadline to report the batch response.
+/// Time kept back before the Lambda deadline to report the batch response (at most; a tenth of
+/// the remaining time when that is shorter, so short function timeouts still get work done).
 const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
 
 impl Consumer {
@@ -110,13 +111,23 @@ pub async fn function_handler(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     // The runtime's deadline is wall-clock milliseconds; keep a margin to send the response.
+    // A deadline that is not in the future is not a real one (cargo-lambda's emulator sends the
+    // function timeout, 600000, instead of an epoch time): run without one rather than fail
+    // every record at once.
     let remaining = event
         .context
         .deadline()
         .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    let deadline = (event.context.deadline > 0)
-        .then(|| tokio::time::Instant::now() + remaining.saturating_sub(DEADLINE_MARGIN));
+        .ok()
+        .filter(|r| !r.is_zero());
+    if remaining.is_none() {
+        tracing::warn!(
+            deadline_epoch_ms = event.context.deadline,
+            "the invocation deadline is not in the future; records run without it"
+        );
+    }
+    let deadline = remaining
+        .map(|r| tokio::time::Instant::now() + r.saturating_sub(DEADLINE_MARGIN.min(r / 10)));
     Ok(handle_batch_until(consumer, event.payload, deadline).await)
 }
 
@@ -132,6 +143,7 @@ pub async fn handle_batch_until(
     deadline: Option<tokio::time::Instant>,
 ) -> SqsBatchResponse {
     let started = Instant::now();
+    let budget_ms = deadline.map(|d| ms(d.saturating_duration_since(tokio::time::Instant::now())));
     // Connections older than POOL_MAX_AGE_SECS may have been closed while we were frozen.
     let dropped_connections = consumer.db.start_invocation();
     let records = event.records;
@@ -201,6 +213,7 @@ pub async fn handle_batch_until(
         duplicates,
         already_applied = redelivered,
         dropped_connections,
+        budget_ms,
         duration_ms = ms(started.elapsed()),
         "batch processed"
     );

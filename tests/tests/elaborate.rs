@@ -878,3 +878,91 @@ async fn without_identity_and_without_trust_body_user_id_the_request_is_401() {
     assert!(h.fake.requests().is_empty());
     assert!(h.messages().await.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Provider timeouts
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_provider_silent_for_longer_than_the_idle_timeout_fails_with_provider_timeout() {
+    use shared::llm::LlmProvider;
+    let fake = FakeLlm::start(Script::chunks(&["late"], Duration::from_secs(3))).await;
+    let provider = OpenAiProvider::with_settings(
+        &fake.base_url(),
+        None,
+        "fake-model",
+        Duration::from_secs(2),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let results: Vec<_> = provider
+        .stream(shared::elaboration::prompt::build(
+            &shared::elaboration::ElaborateRequest {
+                user_id: None,
+                hikmah: "h".into(),
+                question: None,
+            },
+            &[],
+        ))
+        .collect()
+        .await;
+    let err = results.into_iter().last().unwrap().unwrap_err();
+    assert_eq!(err.code(), "provider_timeout", "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up at the idle timeout"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_a_502_naming_it() {
+    let h = harness(Options::default()).await;
+    // A provider on a port nothing listens on, behind the same handler.
+    let provider = OpenAiProvider::with_settings(
+        "http://127.0.0.1:9/v1",
+        None,
+        "fake-model",
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let publisher = SqsPublisher::new(
+        h.sqs.clone(),
+        QueueConfig {
+            url: h.queue_url.clone(),
+        },
+    );
+    let notes = Arc::new(PgNotes::new(h.db.db().await));
+    let elaborator = Elaborator::new(Arc::new(provider), notes, Arc::new(publisher), 5);
+    let config = ElaborateConfig {
+        memory_context_notes: 5,
+        trust_body_user_id: true,
+        keepalive: Duration::from_secs(15),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(elaborate::serve_http(
+        listener,
+        AppState::new(elaborator, config),
+    ));
+    let response = reqwest::Client::new()
+        .post(format!("{base}{ENDPOINT}"))
+        .header("content-type", "application/json")
+        .body(request("u-down").to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_body(response).await;
+    server.abort();
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "provider_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("openai"),
+        "{body}"
+    );
+    assert!(h.messages().await.is_empty());
+}

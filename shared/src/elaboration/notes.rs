@@ -2,7 +2,7 @@
 
 use futures::future::BoxFuture;
 
-use crate::db::{is_connection_error, Db, DbError};
+use crate::db::{Db, DbError};
 use crate::types::UserId;
 
 /// Where the user's notes come from (PostgreSQL in production, nothing in demos).
@@ -47,28 +47,16 @@ impl NotesSource for PgNotes {
             // One invocation serves one request here, so this is the invocation's start.
             self.db.start_invocation();
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            // `Db::run`'s async-closure form is not provably `Send` inside a boxed future (a
-            // compiler limitation with higher-ranked lifetimes), so its one retry on a broken
-            // connection is spelled out here; a read-only query is always safe to repeat.
-            let mut attempt = 1;
-            loop {
-                let client = self.db.get().await?;
-                match client.query(TOP_NOTES_SQL, &[&user.as_str(), &limit]).await {
-                    Ok(rows) => {
-                        return rows
-                            .iter()
-                            .map(|r| r.try_get::<_, String>(0))
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(DbError::from);
-                    }
-                    Err(e) if attempt == 1 && is_connection_error(&e) => {
-                        // Keep the broken connection out of the pool, then try a fresh one.
-                        drop(deadpool_postgres::Object::take(client));
-                        attempt += 1;
-                    }
-                    Err(e) => return Err(DbError::from(e)),
-                }
-            }
+            // A read-only query: always safe to repeat on `run`'s one retry.
+            self.db
+                .run(|conn| async move {
+                    let rows = conn.query(TOP_NOTES_SQL, &[&user.as_str(), &limit]).await?;
+                    rows.iter()
+                        .map(|r| r.try_get::<_, String>(0))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(DbError::from)
+                })
+                .await
         })
     }
 }

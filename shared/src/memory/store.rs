@@ -14,7 +14,6 @@
 //! A failure anywhere rolls everything back (including the `processed_events` row), so the
 //! redelivered record is applied from scratch.
 
-use deadpool_postgres::Object;
 use futures::future::BoxFuture;
 
 use crate::db::{Client, Db};
@@ -89,38 +88,14 @@ impl PgMemoryStore {
         &self.db
     }
 
-    /// Runs the record's transaction, retrying once on a fresh connection after a
-    /// connection-class failure (the transaction did not commit, or if its COMMIT reply was
-    /// lost, the retry finds the `processed_events` row and changes nothing).
-    ///
-    /// This is [`Db::run`]'s retry, written out: its `AsyncFnMut` form makes the future fail
-    /// rustc's `Send` check when it is spawned, and every record runs on its own task.
+    /// Runs the record's transaction through [`Db::run`], which retries it once on a fresh
+    /// connection after a connection-class failure: the transaction did not commit, or, if only
+    /// its COMMIT reply was lost, the retry finds the `processed_events` row and changes nothing.
     async fn apply_with_retry(&self, record: &PreparedRecord) -> Result<StoreOutcome, MemoryError> {
-        let mut attempt = 1;
-        loop {
-            let result = match self.db.get().await {
-                Ok(mut client) => {
-                    let result = apply_in_transaction(&mut client, &self.policy, record).await;
-                    if let Err(err) = &result {
-                        if err.is_connection() || client.is_closed() {
-                            // Never return a broken connection to the pool.
-                            drop(Object::take(client));
-                        }
-                        // Otherwise the dropped Transaction has queued its ROLLBACK, and the
-                        // pool verifies the connection with a round trip before reuse.
-                    }
-                    result
-                }
-                Err(err) => Err(MemoryError::Db(err)),
-            };
-            match result {
-                Err(err) if attempt == 1 && err.is_connection() => {
-                    tracing::warn!(event_id = %record.event_id, error = %err, "database connection broke; retrying the record once");
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let policy = &self.policy;
+        self.db
+            .run(|mut conn| async move { apply_in_transaction(&mut conn, policy, record).await })
+            .await
     }
 }
 

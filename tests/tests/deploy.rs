@@ -11,6 +11,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::put;
+use hikmah_tests::lambda::LambdaWatch;
 use hikmah_tests::pg::TestDb;
 use lambda_http::request::LambdaRequest;
 use serde_json::Value;
@@ -184,4 +185,40 @@ async fn an_unreachable_database_is_reported_as_failed_with_the_reason_well_befo
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn migrate_on_deploy_answers_cloudformation_through_the_lambda_runtime_protocol() {
+    let db = TestDb::empty().await;
+    let (url, mut rx) = response_url().await;
+    let env = db.env_pairs();
+    let watch = tokio::task::spawn_blocking(move || {
+        LambdaWatch::start("migrate-on-deploy", "migrate-on-deploy", &env)
+    })
+    .await
+    .unwrap();
+    let payload = serde_json::to_string(&request("Create", &url)).unwrap();
+    let watch = std::sync::Arc::new(watch);
+    let invoked = {
+        let watch = watch.clone();
+        tokio::task::spawn_blocking(move || watch.invoke_json(&payload))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        invoked,
+        Value::Null,
+        "the function answers CloudFormation, not its caller"
+    );
+    let reply = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no PUT to the ResponseURL; emulator log:\n{}", watch.log()))
+        .unwrap();
+    assert_eq!(reply["Status"], "SUCCESS", "{reply}\n{}", watch.log());
+    assert_eq!(
+        reply["Data"]["SchemaVersion"],
+        LATEST_SCHEMA_VERSION.to_string()
+    );
+    drop(watch);
+    db.cleanup().await;
 }

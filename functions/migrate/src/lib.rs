@@ -25,6 +25,26 @@ pub const PHYSICAL_RESOURCE_ID: &str = "hikmah-database-migrations";
 /// Time kept back from the Lambda deadline to send the response after a slow migration.
 pub const RESPONSE_MARGIN: Duration = Duration::from_secs(15);
 
+/// Time allowed to the migrations when the invocation carries no usable deadline.
+pub const FALLBACK_BUDGET: Duration = Duration::from_secs(60);
+
+/// How long the migrations may take: the time left before the Lambda deadline minus
+/// [`RESPONSE_MARGIN`] for the reply (half the time left when that is short). A deadline already
+/// past cannot come from Lambda itself (the function would have been stopped), only from an
+/// emulator that does not set it (cargo lambda's): then [`FALLBACK_BUDGET`].
+pub fn migration_budget(deadline: SystemTime, now: SystemTime) -> Duration {
+    match deadline.duration_since(now) {
+        Ok(left) if left > RESPONSE_MARGIN * 2 => left - RESPONSE_MARGIN,
+        Ok(left) if !left.is_zero() => left / 2,
+        _ => {
+            tracing::warn!(
+                "the invocation deadline is already past (an emulator?); allowing {FALLBACK_BUDGET:?}"
+            );
+            FALLBACK_BUDGET
+        }
+    }
+}
+
 /// Longest reason sent back (the whole response must stay under CloudFormation's 4 KiB).
 const MAX_REASON_CHARS: usize = 1_000;
 
@@ -121,14 +141,15 @@ pub async fn handle(
     http: &reqwest::Client,
 ) -> Result<(), RespondError> {
     let info = RequestInfo::of(&request);
+    let budget = migration_budget(deadline, SystemTime::now());
+    tracing::info!(
+        request = info.kind,
+        stack = info.stack_id,
+        budget_ms = budget.as_millis() as u64,
+        "custom resource request"
+    );
     let outcome = match info.kind {
-        "Create" | "Update" => {
-            let budget = deadline
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .saturating_sub(RESPONSE_MARGIN);
-            run_migrations(env, budget).await
-        }
+        "Create" | "Update" => run_migrations(env, budget).await,
         _ => Ok(HashMap::from([(
             "Skipped".to_owned(),
             "delete keeps the database as it is".to_owned(),
@@ -291,6 +312,18 @@ mod tests {
             "arn:aws:cloudformation:us-east-1:123456789012:stack/s/1"
         );
         assert!(body["Reason"].as_str().unwrap().len() < 1_100);
+    }
+
+    #[test]
+    fn the_budget_leaves_time_to_reply_before_the_deadline() {
+        let now = SystemTime::now();
+        let budget = |secs| migration_budget(now + Duration::from_secs(secs), now);
+        assert_eq!(budget(300), Duration::from_secs(285));
+        assert_eq!(budget(20), Duration::from_secs(10));
+        assert_eq!(
+            migration_budget(now - Duration::from_secs(1), now),
+            FALLBACK_BUDGET
+        );
     }
 
     #[tokio::test]

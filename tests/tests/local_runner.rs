@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hikmah_tests::bins::bin;
 use hikmah_tests::pg::TestDb;
+use hikmah_tests::proxy::{upstream_of, Mode, TcpProxy};
 use hikmah_tests::sqs::TestQueue;
 use serde_json::Value;
 
@@ -27,13 +28,18 @@ struct Runner {
 
 impl Runner {
     async fn start(db: &TestDb, queue_url: Option<&str>) -> Runner {
+        Self::start_with_url(db, db.url(), queue_url).await
+    }
+
+    /// Like [`Runner::start`], the runner reaching the database at `runner_url` (a proxy).
+    async fn start_with_url(db: &TestDb, runner_url: &str, queue_url: Option<&str>) -> Runner {
         // Fail early, with what to do, when the model files are missing.
         hikmah_tests::model::embed_config();
         let stderr = std::env::temp_dir().join(format!("hikmah-serve-{}.log", db.name()));
         let log = std::fs::File::create(&stderr).unwrap();
         let mut cmd = Command::new(bin("hikmah"));
         cmd.arg("serve")
-            .env("DATABASE_URL", db.url())
+            .env("DATABASE_URL", runner_url)
             .env("DB_APPLICATION_NAME", db.application_name())
             .env("PORT", "0")
             .env_remove("LLM_PROVIDER")
@@ -151,15 +157,24 @@ impl Runner {
 
     /// Polls the notes until `done` says yes, or fails with the runner's log.
     async fn wait_for_notes(&self, user: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        self.wait_for_notes_within(NOTE_DEADLINE, user, done).await
+    }
+
+    async fn wait_for_notes_within(
+        &self,
+        deadline: Duration,
+        user: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let started = Instant::now();
         loop {
             let notes = self.notes(user).await;
             if done(&notes) {
                 return notes;
             }
-            if started.elapsed() > NOTE_DEADLINE {
+            if started.elapsed() > deadline {
                 panic!(
-                    "user {user}'s notes did not reach the expected state within {NOTE_DEADLINE:?}: {notes:?}\nrunner log:\n{}",
+                    "user {user}'s notes did not reach the expected state within {deadline:?}: {notes:?}\nrunner log:\n{}",
                     self.log()
                 );
             }
@@ -283,5 +298,35 @@ async fn serve_with_an_sqs_queue_turns_streams_into_deduplicated_notes() {
     assert_eq!(queue.dlq_count().await, 0, "nothing may be dead-lettered");
     drop(runner);
     queue.delete().await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_memory_update_that_fails_while_the_database_is_down_is_redelivered_and_applied_later() {
+    let db = TestDb::new().await;
+    let proxy = TcpProxy::start(upstream_of(db.url())).await;
+    let runner = Runner::start_with_url(&db, &proxy.rewrite_url(db.url()), None).await;
+
+    proxy.set(Mode::Refuse);
+    // The stream does not need the database (its notes only personalise the prompt) ...
+    assert_streamed_and_done(
+        &runner
+            .elaborate("outage-user", "Hardship is followed by ease.")
+            .await,
+    );
+    // ... but applying the memory does: the record fails and is redelivered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(runner.notes("outage-user").await.is_empty());
+    proxy.set(Mode::Open);
+
+    runner
+        .wait_for_notes_within(Duration::from_secs(30), "outage-user", |n| !n.is_empty())
+        .await;
+    assert!(
+        runner.log().contains("redelivering"),
+        "the record should have failed at least once:\n{}",
+        runner.log()
+    );
+    drop(runner);
     db.cleanup().await;
 }

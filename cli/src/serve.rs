@@ -182,8 +182,10 @@ fn print_ready(addr: SocketAddr, model: &str, queue: &str) {
         "  curl -N {base}{} -H 'content-type: application/json' \\\n    -d '{{\"user_id\": \"u-123\", \"hikmah\": \"Patience is the key to relief.\"}}'",
         elaborate::ROUTE
     );
+    // scripts/run.sh points this at a wrapper that carries the runner's environment.
+    let cli = std::env::var("HIKMAH_CLI").unwrap_or_else(|_| "hikmah".to_owned());
     println!("Then see what was remembered:");
-    println!("  hikmah memory list --user u-123");
+    println!("  {cli} memory list --user u-123");
     println!("Stop with Ctrl-C.");
 }
 

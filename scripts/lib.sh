@@ -38,12 +38,24 @@ ensure_python() {
     log "creating Python venv for tools at $VENV"
     python3 -m venv "$VENV"
   fi
-  local stamp="$VENV/.tools" want
-  want=$(printf '%s\n' "${PY_TOOLS[@]}" "$@")
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    log "installing pinned Python tools: $(echo "$want" | tr '\n' ' ')"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_TOOLS[@]}" "$@"
-    echo "$want" >"$stamp"
+  # The stamp lists every spec installed so far: a call needing nothing new installs nothing, so
+  # run.sh, test.sh and the template checks (which add the SAM tools) share one venv.
+  local stamp="$VENV/.tools" spec missing=()
+  touch "$stamp"
+  for spec in "${PY_TOOLS[@]}" "$@"; do
+    grep -qxF "$spec" "$stamp" || missing+=("$spec")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing pinned Python tools: ${missing[*]}"
+    for spec in "${missing[@]}"; do
+      # A new pin of a package replaces its old pin.
+      local name=${spec%%[\[=<>]*}
+      grep -vE "^${name}(\[|==|<|>)" "$stamp" >"$stamp.new" || true
+      mv "$stamp.new" "$stamp"
+    done
+    "$VENV/bin/pip" install -q --disable-pip-version-check $(sort -u "$stamp") "${PY_TOOLS[@]}" "$@"
+    printf '%s\n' "${PY_TOOLS[@]}" "$@" >>"$stamp"
+    sort -u -o "$stamp" "$stamp"
   fi
   export PATH="$VENV/bin:$PATH"
 }

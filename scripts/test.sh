@@ -2,8 +2,10 @@
 # README command 2: provisions what is missing, then runs every check and test against real
 # PostgreSQL, moto's SQS server, the real ONNX model and cargo-lambda's runtime emulator.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/sam-tools.sh"
 ensure_cargo
-ensure_python
+# One install of every pinned tool (moto, cargo-lambda, the SAM template tools).
+ensure_python "${SAM_TOOLS[@]}"
 ensure_artifacts
 export_artifact_env
 ensure_postgres
@@ -20,8 +22,6 @@ cargo build --workspace --bins -q
 log "cargo test"
 # Tests create their own databases and queues, so test binaries may run in parallel.
 cargo test --workspace --no-fail-fast
-if [ -x scripts/check-template.sh ]; then
-  log "template checks"
-  scripts/check-template.sh
-fi
+log "template checks"
+scripts/check-template.sh
 log "all checks passed"

@@ -1,6 +1,7 @@
 //! `hikmah serve`: the whole pipeline on one machine, with the code that runs in Lambda.
 //!
-//! - HTTP: the elaborate function's own axum [`elaborate::router`], served over plain HTTP/1.1
+//! - HTTP: the elaborate function's own axum [`elaborate::router`] through
+//!   [`elaborate::serve_http_until`] (plain HTTP/1.1 with `TCP_NODELAY`)
 //!   on `127.0.0.1:3000` (`PORT` overrides), so the SSE stream is the real one, chunk by chunk.
 //! - Memory: the memory consumer's own [`memory_consumer::handle_batch`], fed
 //!   - by default through an in-process queue: the publisher hands each completed elaboration to
@@ -132,7 +133,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         publisher,
         elaborate_config.memory_context_notes,
     );
-    let app = elaborate::router(elaborate::AppState::new(elaborator, elaborate_config));
+    let state = elaborate::AppState::new(elaborator, elaborate_config);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
         .await
@@ -145,8 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     print_ready(addr, &model, &queue_label);
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    elaborate::serve_http_until(listener, state, shutdown_signal())
         .await
         .context("serving HTTP")?;
 

@@ -114,13 +114,24 @@ pub fn router(state: AppState) -> Router {
 /// Nagle's algorithm a delta written while the previous segment awaits its (delayed) ACK is held
 /// back for up to 40 ms.
 pub async fn serve_http(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    serve_http_until(listener, state, std::future::pending()).await
+}
+
+/// [`serve_http`] until `shutdown` completes, then finishes the streams in flight and returns.
+pub async fn serve_http_until(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state)).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// An error before streaming: status plus the contract's `{"error": {code, message, field}}`.

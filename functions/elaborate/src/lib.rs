@@ -36,6 +36,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     elaborator: Elaborator,
     config: Arc<ElaborateConfig>,
+    /// The pool behind the notes source, when this state owns one (closed at shutdown).
+    db: Option<Db>,
 }
 
 /// Why the function cannot start; each variant says what to fix.
@@ -58,6 +60,7 @@ impl AppState {
         Self {
             elaborator,
             config: Arc::new(config),
+            db: None,
         }
     }
 
@@ -85,11 +88,19 @@ impl AppState {
         );
         let elaborator = Elaborator::new(
             provider,
-            Arc::new(PgNotes::new(db)),
+            Arc::new(PgNotes::new(db.clone())),
             Arc::new(publisher),
             config.memory_context_notes,
         );
-        Ok(Self::new(elaborator, config))
+        Ok(Self {
+            db: Some(db),
+            ..Self::new(elaborator, config)
+        })
+    }
+
+    /// The pool built by [`AppState::from_env`], to close at shutdown.
+    pub fn db(&self) -> Option<&Db> {
+        self.db.as_ref()
     }
 
     /// The elaborator behind the handler.

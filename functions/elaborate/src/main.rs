@@ -13,5 +13,13 @@ async fn main() -> Result<(), lambda_http::Error> {
         .inspect_err(|err| {
             tracing::error!(error = %err, "elaborate cannot start");
         })?;
+    // On SIGTERM (environment shutdown) close the pool, so the server sees a clean disconnect.
+    if let Some(db) = state.db().cloned() {
+        lambda_runtime::spawn_graceful_shutdown_handler(move || async move {
+            db.close();
+            tracing::info!("database pool closed; shutting down");
+        })
+        .await;
+    }
     lambda_http::run_with_streaming_response(elaborate::router(state)).await
 }

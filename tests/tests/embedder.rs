@@ -220,8 +220,9 @@ fn inference_does_not_block_the_async_executor() {
         ticker.abort();
         assert_eq!(out.len(), 64);
         let ticked = ticks.load(Ordering::Relaxed);
-        // Generous: a tick every 2 ms would give elapsed/2ms; ask for a fifth of that.
-        let expected = (elapsed.as_millis() / 2 / 5) as usize;
+        // Generous (CI machines are busy): a tick every 2 ms would give elapsed/2ms; ask for a
+        // tenth of that. Inference on the executor thread would allow about one tick in total.
+        let expected = (elapsed.as_millis() / 2 / 10) as usize;
         assert!(
             ticked >= expected.max(5),
             "only {ticked} ticks during {elapsed:?} of inference"

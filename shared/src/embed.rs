@@ -458,6 +458,12 @@ mod tests {
     }
 
     #[test]
+    fn embedder_can_be_shared_across_tasks_and_threads() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Embedder>();
+    }
+
+    #[test]
     fn missing_model_dir_names_the_model_path() {
         let err = Embedder::load(&config(
             Path::new("/nonexistent/hikmah-model"),

@@ -28,9 +28,10 @@ use crate::types::{Embedding, EMBEDDING_DIM};
 pub const MAX_TOKENS: usize = 256;
 
 /// Most padded tokens (texts × longest text) in one model run. Measured with `hikmah bench
-/// embed`: at 512, a batch of 32 short texts runs 1.7-1.8x faster than one text at a time and
-/// long ones ~1.1x, for ~20 MB more peak RSS; at 2048-4096 long texts ran up to 25% SLOWER than
-/// one by one (activations outgrow the caches) and peak RSS grew by ~350 MB.
+/// embed` (2 cores): at 512, a batch of 32 short (~20-token) texts runs ~2x faster than one text
+/// at a time, long (~120-token) ones about even (within noise), for ~20 MB more peak RSS; at
+/// 4096 long texts ran ~25% SLOWER than one by one (activations outgrow the caches) and peak RSS
+/// grew by ~350 MB.
 pub const BATCH_TOKEN_BUDGET: usize = 512;
 
 /// File name of the ONNX model inside [`EmbedConfig::model_dir`].

@@ -1,9 +1,14 @@
-//! The Lambda runtime protocol for tests: a function binary served by `cargo lambda watch` (the
-//! emulator from cargo-lambda on PyPI) on a free port, invoked through `cargo lambda invoke` or
-//! over HTTP (`/lambda-url/<binary>/...` for HTTP functions).
+//! The Lambda runtime protocol for tests: cargo-lambda's emulator (`cargo lambda watch
+//! --only-lambda-apis`, from PyPI) on a free port, with the workspace's already-built function
+//! binary connected to it as Lambda would run it (`AWS_LAMBDA_RUNTIME_API` and friends); invoked
+//! through `cargo lambda invoke` or over HTTP (`/lambda-url/<binary>/...` for HTTP functions).
 //!
-//! The emulator is started in its own process group and the whole group (emulator, cargo, the
-//! function) is killed when the [`LambdaWatch`] is dropped.
+//! The emulator does not build or start the function itself: building inside `cargo test` would
+//! compile the package alone, with other features than the workspace build, which costs minutes.
+//! `scripts/test.sh` builds the binaries first (see [`crate::bins`]).
+//!
+//! The emulator and the function each run in their own process group, killed when the
+//! [`LambdaWatch`] is dropped.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -45,68 +50,75 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
-/// A running `cargo lambda watch`.
+/// A running emulator with one function binary attached.
 #[derive(Debug)]
 pub struct LambdaWatch {
-    child: Child,
+    emulator: Child,
+    function: Child,
     port: u16,
     binary: String,
     log: PathBuf,
 }
 
 impl LambdaWatch {
-    /// Builds `package`'s `binary` (so the first invocation does not wait for a compile), then
-    /// serves it with `cargo lambda watch` on a free port with `env` added to the function's
-    /// environment; returns once the emulator accepts connections.
+    /// Starts the emulator on a free port and the built `binary` of `package` against it, with
+    /// `env` added to the function's environment; returns once the emulator accepts connections.
     pub fn start(package: &str, binary: &str, env: &[(String, String)]) -> Self {
-        let root = workspace_root();
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", package, "--bin", binary])
-            .current_dir(&root)
-            .status()
-            .unwrap_or_else(|e| panic!("cargo build -p {package}: {e}"));
-        assert!(
-            status.success(),
-            "cargo build -p {package} --bin {binary} failed"
-        );
-
+        let exe = crate::bins::bin(binary);
         let port = free_port();
         let log = std::env::temp_dir().join(format!("hikmah-lambda-{binary}-{port}.log"));
         let out =
             std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let err = out.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
-        let mut cmd = Command::new(cargo_lambda());
-        cmd.args([
-            "lambda",
-            "watch",
-            "--ignore-changes",
-            "--invoke-address",
-            "127.0.0.1",
-        ])
-        .args(["--invoke-port", &port.to_string(), "--timeout", "120"])
-        .args(["--package", package, "--bin", binary])
-        .current_dir(&root)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-        // The function inherits the emulator's environment; `--env-var` is not used because it
-        // splits values at commas (RUST_LOG=info,x=debug).
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
+        let log_handle = || out.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
+
+        let mut emulator = Command::new(cargo_lambda());
+        emulator
+            .args(["lambda", "watch", "--only-lambda-apis"])
+            .args([
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+                &port.to_string(),
+            ])
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .stdout(log_handle())
+            .stderr(log_handle());
+        let mut emulator = spawn_in_own_group(&mut emulator, "cargo lambda watch");
+
+        // What the emulator would set for the function it starts itself (its runtime API is
+        // per function name, so invocations of `binary` reach this process).
+        let mut function = Command::new(&exe);
+        function
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("AWS_LAMBDA_FUNCTION_NAME", binary)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "4096")
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://127.0.0.1:{port}/.rt/{binary}"),
+            )
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .stdout(log_handle())
+            .stderr(log_handle());
+        // The runtime client does not retry its first poll: start the function once the emulator
+        // listens.
+        if let Err(problem) = wait_until_listening(&mut emulator, port, Duration::from_secs(60)) {
+            stop_group(&mut emulator);
+            panic!(
+                "{problem}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting cargo lambda watch: {e}"));
-        let mut watch = Self {
-            child,
+        let function = spawn_in_own_group(&mut function, &format!("{package} ({binary})"));
+        Self {
+            emulator,
+            function,
             port,
             binary: binary.to_owned(),
             log,
-        };
-        watch.wait_until_listening(Duration::from_secs(120));
-        watch
+        }
     }
 
     /// The invoke port.
@@ -172,49 +184,59 @@ impl LambdaWatch {
         let _ = std::fs::remove_file(&file);
         result
     }
-
-    fn wait_until_listening(&mut self, limit: Duration) {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "cargo lambda watch exited ({status}) before listening:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "cargo lambda watch did not listen on port {} within {limit:?}:\n{}",
-            self.port,
-            self.log()
-        );
-    }
 }
 
 impl Drop for LambdaWatch {
     fn drop(&mut self) {
-        // The emulator runs the function as its child: signal the whole process group.
-        let group = format!("-{}", self.child.id());
-        let quiet = |signal: &str| {
-            let _ = Command::new("kill")
-                .args([signal, "--", &group])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
-        quiet("-TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        quiet("-KILL");
-        let _ = self.child.wait();
+        stop_group(&mut self.function);
+        stop_group(&mut self.emulator);
     }
+}
+
+/// Waits until the emulator accepts connections on `port`, or says why it did not.
+fn wait_until_listening(emulator: &mut Child, port: u16, limit: Duration) -> Result<(), String> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = emulator.try_wait() {
+            return Err(format!(
+                "cargo lambda watch exited ({status}) before listening"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "cargo lambda watch did not listen on port {port} within {limit:?}"
+    ))
+}
+
+fn spawn_in_own_group(cmd: &mut Command, what: &str) -> Child {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"))
+}
+
+/// SIGTERM to the child's whole process group (what Lambda sends at shutdown), then SIGKILL.
+fn stop_group(child: &mut Child) {
+    let group = format!("-{}", child.id());
+    let signal = |signal: &str| {
+        let _ = Command::new("kill")
+            .args([signal, "--", &group])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    };
+    signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal("-KILL");
+    let _ = child.wait();
 }

@@ -169,3 +169,13 @@ export_artifact_env() {
   arch=$(uname -m); [ "$arch" = arm64 ] && arch=aarch64
   export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$HIKMAH_CACHE_DIR/onnxruntime/$arch/libonnxruntime.so.1.31.1}
 }
+
+# Everything the pipeline and the tests need: toolchain check, pinned Python tools (plus any pip
+# specs given), the pinned model files and runtime, and a PostgreSQL server (exported as env).
+provision() {
+  ensure_cargo
+  ensure_python "$@"
+  ensure_artifacts
+  export_artifact_env
+  ensure_postgres
+}

@@ -3,11 +3,7 @@
 # (`hikmah serve`: the elaborate handler over HTTP + the memory consumer). Ctrl-C stops it and
 # the throwaway PostgreSQL cluster, if one was started.
 source "$(dirname "$0")/lib.sh"
-ensure_cargo
-ensure_python
-ensure_artifacts
-export_artifact_env
-ensure_postgres
+provision
 trap 'rm -f "$HIKMAH_CACHE_DIR/local.env"; cleanup' EXIT
 cd "$HIKMAH_ROOT"
 log "building hikmah (release; the first build takes a few minutes)"

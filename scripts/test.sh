@@ -3,14 +3,10 @@
 # PostgreSQL, moto's SQS server, the real ONNX model and cargo-lambda's runtime emulator.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/sam-tools.sh"
-ensure_cargo
 # One install of every pinned tool (moto, cargo-lambda, the SAM template tools).
-ensure_python "${SAM_TOOLS[@]}"
-ensure_artifacts
-export_artifact_env
-ensure_postgres
-start_moto
+provision "${SAM_TOOLS[@]}"
 trap cleanup EXIT
+start_moto
 cd "$HIKMAH_ROOT"
 
 log "cargo fmt --check"

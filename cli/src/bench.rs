@@ -164,8 +164,15 @@ fn reset_peak_rss() {
 
 /// The process's peak resident set size in MiB, from `VmHWM` in /proc/self/status.
 fn peak_rss_mib() -> Option<f64> {
+    status_kib("VmHWM").map(|kib| kib as f64 / 1024.0)
+}
+
+/// A memory line of /proc/self/status (`VmRSS`, `VmHWM`) in KiB; `None` where unavailable.
+pub(crate) fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let line = status.lines().find(|l| {
+        l.strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

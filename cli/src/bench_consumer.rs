@@ -256,13 +256,5 @@ fn ms(d: Duration) -> f64 {
 
 /// A `/proc/self/status` memory line (`VmRSS`, `VmHWM`) in MiB; 0 where unavailable.
 fn rss_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    crate::bench::status_kib(field).map_or(0.0, |kib| kib as f64 / 1024.0)
 }

@@ -314,15 +314,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// A `/proc/self/status` memory line (`VmRSS`, `VmHWM`) in KiB; 0 where unavailable.
 fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::bench::status_kib(field).unwrap_or(0)
 }
 
 fn cpu_model() -> String {

@@ -534,10 +534,10 @@ mod tests {
     }
 
     #[test]
-    fn database_url_is_redacted_in_debug() {
-        let cfg =
-            DbConfig::from_env(&env(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]), 1).unwrap();
+    fn database_url_is_redacted_in_debug() -> Result<(), Box<dyn std::error::Error>> {
+        let cfg = DbConfig::from_env(&env(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]), 1)?;
         assert!(!format!("{cfg:?}").contains("hunter2"));
+        Ok(())
     }
 
     #[test]
@@ -549,7 +549,8 @@ mod tests {
     }
 
     #[test]
-    fn unknown_llm_provider_names_it_and_bedrock_needs_a_model() {
+    fn unknown_llm_provider_names_it_and_bedrock_needs_a_model(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let err = LlmConfig::from_env(&env(&[("LLM_PROVIDER", "gpt")])).unwrap_err();
         assert!(err.to_string().contains("LLM_PROVIDER"));
         let err = LlmConfig::from_env(&env(&[("LLM_PROVIDER", "bedrock")])).unwrap_err();
@@ -560,17 +561,18 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(LlmConfig::from_env(&env(&[])).unwrap(), LlmConfig::Offline);
+        assert_eq!(LlmConfig::from_env(&env(&[]))?, LlmConfig::Offline);
+        Ok(())
     }
 
     #[test]
-    fn openai_key_is_redacted_in_debug() {
+    fn openai_key_is_redacted_in_debug() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = LlmConfig::from_env(&env(&[
             ("LLM_PROVIDER", "openai"),
             ("OPENAI_API_KEY", "sk-secret"),
-        ]))
-        .unwrap();
+        ]))?;
         assert!(!format!("{cfg:?}").contains("sk-secret"));
+        Ok(())
     }
 
     #[test]

@@ -89,32 +89,34 @@ impl ElaborationCompleted {
 mod tests {
     use super::*;
 
-    fn sample() -> ElaborationCompleted {
-        ElaborationCompleted::new(
-            UserId::parse("u-1").unwrap(),
+    fn sample() -> Result<ElaborationCompleted, Box<dyn std::error::Error>> {
+        Ok(ElaborationCompleted::new(
+            UserId::parse("u-1")?,
             "Patience is the key to relief.".into(),
             None,
             "text".into(),
             "m".into(),
-        )
+        ))
     }
 
     #[test]
-    fn round_trips_and_ignores_unknown_fields() {
-        let e = sample();
-        let mut v: serde_json::Value = serde_json::from_str(&e.to_body()).unwrap();
+    fn round_trips_and_ignores_unknown_fields() -> Result<(), Box<dyn std::error::Error>> {
+        let e = sample()?;
+        let mut v: serde_json::Value = serde_json::from_str(&e.to_body())?;
         v["extra"] = serde_json::json!(1);
-        assert_eq!(ElaborationCompleted::parse(&v.to_string()).unwrap(), e);
+        assert_eq!(ElaborationCompleted::parse(&v.to_string())?, e);
+        Ok(())
     }
 
     #[test]
-    fn unknown_version_is_rejected() {
-        let mut v: serde_json::Value = serde_json::from_str(&sample().to_body()).unwrap();
+    fn unknown_version_is_rejected() -> Result<(), Box<dyn std::error::Error>> {
+        let mut v: serde_json::Value = serde_json::from_str(&sample()?.to_body())?;
         v["version"] = serde_json::json!(2);
         assert!(matches!(
             ElaborationCompleted::parse(&v.to_string()),
             Err(EventError::UnknownVersion { .. })
         ));
+        Ok(())
     }
 
     #[test]

@@ -271,7 +271,7 @@ pub async fn respond(
 mod tests {
     use super::*;
 
-    fn request(kind: &str) -> Request {
+    fn request(kind: &str) -> Result<Request, Box<dyn std::error::Error>> {
         let physical = if kind == "Create" {
             ""
         } else {
@@ -282,36 +282,38 @@ mod tests {
         } else {
             ""
         };
-        serde_json::from_str(&format!(
+        Ok(serde_json::from_str(&format!(
             r#"{{"RequestType":"{kind}","ServiceToken":"arn:aws:lambda:us-east-1:123456789012:function:m",
                 "ResponseURL":"http://127.0.0.1:1/r","StackId":"arn:aws:cloudformation:us-east-1:123456789012:stack/s/1",
                 "RequestId":"req-1","ResourceType":"Custom::DatabaseMigrations","LogicalResourceId":"DatabaseMigrations",
                 "ResourceProperties":{{"ServiceToken":"x","CodeVersion":"3"}}{physical}{old}}}"#
-        ))
-        .unwrap()
+        ))?)
     }
 
     #[test]
-    fn every_request_type_keeps_the_same_physical_id() {
+    fn every_request_type_keeps_the_same_physical_id() -> Result<(), Box<dyn std::error::Error>> {
         for kind in ["Create", "Update", "Delete"] {
-            let info = RequestInfo::of(&request(kind));
+            let info = RequestInfo::of(&request(kind)?);
             assert_eq!(info.kind, kind);
             assert_eq!(info.physical_resource_id, PHYSICAL_RESOURCE_ID);
             assert_eq!(info.request_id, "req-1");
         }
+        Ok(())
     }
 
     #[test]
-    fn a_failure_is_reported_with_a_bounded_reason_and_the_echoed_ids() {
-        let info = RequestInfo::of(&request("Create"));
-        let body = serde_json::to_value(response_body(&info, Err("x".repeat(10_000)))).unwrap();
+    fn a_failure_is_reported_with_a_bounded_reason_and_the_echoed_ids(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let info = RequestInfo::of(&request("Create")?);
+        let body = serde_json::to_value(response_body(&info, Err("x".repeat(10_000))))?;
         assert_eq!(body["Status"], "FAILED");
         assert_eq!(body["LogicalResourceId"], "DatabaseMigrations");
         assert_eq!(
             body["StackId"],
             "arn:aws:cloudformation:us-east-1:123456789012:stack/s/1"
         );
-        assert!(body["Reason"].as_str().unwrap().len() < 1_100);
+        assert!(body["Reason"].as_str().ok_or("no Reason")?.len() < 1_100);
+        Ok(())
     }
 
     #[test]

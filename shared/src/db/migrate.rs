@@ -123,10 +123,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn migration_versions_strictly_increase_and_latest_is_the_last() {
+    fn migration_versions_strictly_increase_and_latest_is_the_last(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
         assert!(MIGRATIONS[0].version >= 1);
-        assert_eq!(LATEST_SCHEMA_VERSION, MIGRATIONS.last().unwrap().version);
+        assert_eq!(
+            LATEST_SCHEMA_VERSION,
+            MIGRATIONS.last().ok_or("no migrations")?.version
+        );
+        Ok(())
     }
 
     #[test]
@@ -144,13 +149,18 @@ mod tests {
     }
 
     #[test]
-    fn migration_files_match_their_version_and_name() {
+    fn migration_files_match_their_version_and_name() -> Result<(), Box<dyn std::error::Error>> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
+        let mut files: Vec<String> = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?
+                .file_name()
+                .into_string()
+                .map_err(|n| format!("file name is not UTF-8: {n:?}"))?;
+            if name.ends_with(".sql") {
+                files.push(name);
+            }
+        }
         files.sort();
         let expected: Vec<String> = MIGRATIONS
             .iter()
@@ -160,5 +170,6 @@ mod tests {
             files, expected,
             "every file in shared/migrations must be listed in MIGRATIONS"
         );
+        Ok(())
     }
 }

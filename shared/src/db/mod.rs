@@ -656,27 +656,30 @@ mod tests {
     use super::*;
     use crate::config::Env;
 
-    fn cfg(url: &str) -> DbConfig {
-        DbConfig::from_env(&Env::from_pairs([("DATABASE_URL", url)]), 1).unwrap()
+    fn cfg(url: &str) -> Result<DbConfig, Box<dyn std::error::Error>> {
+        Ok(DbConfig::from_env(
+            &Env::from_pairs([("DATABASE_URL", url)]),
+            1,
+        )?)
     }
 
     #[test]
-    fn target_names_host_port_database_and_user_but_not_the_password() {
-        let pg: tokio_postgres::Config = "postgres://app:hunter2@db.example:6543/notes"
-            .parse()
-            .unwrap();
+    fn target_names_host_port_database_and_user_but_not_the_password(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let pg: tokio_postgres::Config = "postgres://app:hunter2@db.example:6543/notes".parse()?;
         let target = describe_target(&pg);
         assert_eq!(target, "db.example:6543/notes as app");
+        Ok(())
     }
 
     #[test]
-    fn session_settings_go_in_the_startup_options_and_url_options_win() {
-        let c = cfg("postgres://app@h/db?options=-c%20search_path%3Dx");
-        let mut pg: tokio_postgres::Config = "postgres://app@h/db?options=-c%20search_path%3Dx"
-            .parse()
-            .unwrap();
+    fn session_settings_go_in_the_startup_options_and_url_options_win(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let c = cfg("postgres://app@h/db?options=-c%20search_path%3Dx")?;
+        let mut pg: tokio_postgres::Config =
+            "postgres://app@h/db?options=-c%20search_path%3Dx".parse()?;
         apply_session_settings(&mut pg, &c);
-        let options = pg.get_options().unwrap();
+        let options = pg.get_options().ok_or("no startup options")?;
         assert!(
             options.starts_with("-c statement_timeout=10000 "),
             "{options}"
@@ -685,11 +688,13 @@ mod tests {
         assert_eq!(pg.get_application_name(), Some("hikmah"));
         assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert!(pg.get_keepalives());
+        Ok(())
     }
 
     #[tokio::test]
-    async fn a_connection_failure_names_host_and_port_but_never_the_password() {
-        let mut c = cfg("postgres://app:hunter2@127.0.0.1:1/db");
+    async fn a_connection_failure_names_host_and_port_but_never_the_password(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut c = cfg("postgres://app:hunter2@127.0.0.1:1/db")?;
         c.connect_timeout = Duration::from_millis(500);
         let err = Db::connect(&c).await.unwrap_err();
         let text = err.to_string();
@@ -697,17 +702,18 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
         assert!(err.is_connection(), "{text}");
+        Ok(())
     }
 
     #[tokio::test]
-    async fn the_pool_debug_output_never_shows_the_password() {
-        let db = Db::connect_lazy(&cfg("postgres://app:hunter2@127.0.0.1:1/db"))
-            .await
-            .unwrap();
+    async fn the_pool_debug_output_never_shows_the_password(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let db = Db::connect_lazy(&cfg("postgres://app:hunter2@127.0.0.1:1/db")?).await?;
         let text = format!("{db:?}");
         assert!(text.contains("127.0.0.1:1"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!format!("{:?}", db.pool()).contains("hunter2"));
+        Ok(())
     }
 
     /// Compile-time check: a unit of work that borrows from its caller and opens a transaction
@@ -725,11 +731,13 @@ mod tests {
     }
 
     #[test]
-    fn sslmode_require_with_an_unreadable_root_bundle_names_the_file() {
-        let pg: tokio_postgres::Config = "postgres://app@h/db?sslmode=require".parse().unwrap();
+    fn sslmode_require_with_an_unreadable_root_bundle_names_the_file(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let pg: tokio_postgres::Config = "postgres://app@h/db?sslmode=require".parse()?;
         let root = Path::new("/nonexistent/global-bundle.pem");
-        let err = Db::from_pg_config_with_root_cert(pg, &cfg("postgres://app@h/db"), Some(root))
+        let err = Db::from_pg_config_with_root_cert(pg, &cfg("postgres://app@h/db")?, Some(root))
             .unwrap_err();
         assert!(err.to_string().contains("global-bundle.pem"), "{err}");
+        Ok(())
     }
 }

@@ -218,12 +218,13 @@ mod tests {
     }
 
     #[test]
-    fn rds_secret_is_parsed_from_the_extension_reply() {
+    fn rds_secret_is_parsed_from_the_extension_reply() -> Result<(), Box<dyn std::error::Error>> {
         let body = reply(
             r#"{"engine":"postgres","host":"db.abc.eu-west-1.rds.amazonaws.com","port":5432,
                 "username":"hikmah","password":"p@ss:w/rd","dbname":"hikmah"}"#,
         );
-        let s = parse_extension_response(&body).unwrap();
+        let s = parse_extension_response(&body)
+            .map_err(|e| format!("parse_extension_response: {e:?}"))?;
         assert_eq!(s.host, "db.abc.eu-west-1.rds.amazonaws.com");
         assert_eq!(s.port, 5432);
         assert_eq!(s.username, "hikmah");
@@ -232,14 +233,16 @@ mod tests {
         let pg = s.to_pg_config();
         assert_eq!(pg.get_password(), Some(&b"p@ss:w/rd"[..]));
         assert_eq!(pg.get_ports(), &[5432]);
+        Ok(())
     }
 
     #[test]
-    fn port_as_text_and_missing_dbname_are_accepted() {
+    fn port_as_text_and_missing_dbname_are_accepted() -> Result<(), Box<dyn std::error::Error>> {
         let s = parse_rds_secret(r#"{"host":"h","port":"6543","username":"u","password":"p"}"#)
-            .unwrap();
+            .map_err(|e| format!("parse_rds_secret: {e:?}"))?;
         assert_eq!(s.port, 6543);
         assert_eq!(s.dbname, "postgres");
+        Ok(())
     }
 
     #[test]
@@ -257,17 +260,21 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_redacts_the_password() {
-        let s = parse_rds_secret(r#"{"host":"h","username":"u","password":"hunter2"}"#).unwrap();
+    fn debug_output_redacts_the_password() -> Result<(), Box<dyn std::error::Error>> {
+        let s = parse_rds_secret(r#"{"host":"h","username":"u","password":"hunter2"}"#)
+            .map_err(|e| format!("parse_rds_secret: {e:?}"))?;
         assert!(!format!("{s:?}").contains("hunter2"));
+        Ok(())
     }
 
     #[test]
-    fn secret_id_is_url_encoded() {
-        let url = extension_url(2773, "arn:aws:secretsmanager:r:1:secret:a+b/c=d").unwrap();
+    fn secret_id_is_url_encoded() -> Result<(), Box<dyn std::error::Error>> {
+        let url = extension_url(2773, "arn:aws:secretsmanager:r:1:secret:a+b/c=d")
+            .map_err(|e| format!("extension_url: {e:?}"))?;
         assert_eq!(
             url.as_str(),
             "http://localhost:2773/secretsmanager/get?secretId=arn%3Aaws%3Asecretsmanager%3Ar%3A1%3Asecret%3Aa%2Bb%2Fc%3Dd"
         );
+        Ok(())
     }
 }

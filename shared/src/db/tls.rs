@@ -213,9 +213,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encrypt_only_config_builds_and_a_missing_root_file_is_named() {
-        client_config(None).unwrap();
+    fn encrypt_only_config_builds_and_a_missing_root_file_is_named(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        client_config(None)?;
         let err = client_config(Some(Path::new("/nonexistent/root.pem"))).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/root.pem"), "{err}");
+        Ok(())
     }
 }

@@ -272,18 +272,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn silence_becomes_keep_alive_comments_and_a_terminal_event_ends_the_stream() {
+    async fn silence_becomes_keep_alive_comments_and_a_terminal_event_ends_the_stream(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut body = Box::pin(sse_stream(None, rx, Duration::from_millis(50)));
-        assert_eq!(body.next().await.unwrap(), KEEPALIVE.as_bytes());
-        tx.send(StreamEvent::Delta("x".into())).unwrap();
-        assert!(body.next().await.unwrap().starts_with(b"event: delta"));
+        assert_eq!(
+            body.next().await.ok_or("the stream ended early")?,
+            KEEPALIVE.as_bytes()
+        );
+        tx.send(StreamEvent::Delta("x".into()))
+            .map_err(|e| format!("send delta: {e:?}"))?;
+        assert!(body
+            .next()
+            .await
+            .ok_or("the stream ended early")?
+            .starts_with(b"event: delta"));
         tx.send(StreamEvent::Error {
             code: "provider_error",
             message: "m".into(),
         })
-        .unwrap();
-        assert!(body.next().await.unwrap().starts_with(b"event: error"));
+        .map_err(|e| format!("send error: {e:?}"))?;
+        assert!(body
+            .next()
+            .await
+            .ok_or("the stream ended early")?
+            .starts_with(b"event: error"));
         assert!(body.next().await.is_none());
+        Ok(())
     }
 }

@@ -191,14 +191,15 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_body_parses_and_a_blank_question_is_absent() {
+    fn a_valid_body_parses_and_a_blank_question_is_absent() -> Result<(), Box<dyn std::error::Error>>
+    {
         let r = ElaborateRequest::parse(
             br#"{"user_id":"u-1","hikmah":"Patience.","question":"  ","x":1}"#,
-        )
-        .unwrap();
-        assert_eq!(r.user_id.unwrap().as_str(), "u-1");
+        )?;
+        assert_eq!(r.user_id.ok_or("no user_id")?.as_str(), "u-1");
         assert_eq!(r.hikmah, "Patience.");
         assert_eq!(r.question, None);
+        Ok(())
     }
 
     #[test]
@@ -238,11 +239,11 @@ mod tests {
     }
 
     #[test]
-    fn identity_rules() {
-        let a = UserId::parse("a").unwrap();
-        let b = UserId::parse("b").unwrap();
-        assert_eq!(resolve_user(Some("a"), None, false).unwrap(), a);
-        assert_eq!(resolve_user(Some("a"), Some(&a), false).unwrap(), a);
+    fn identity_rules() -> Result<(), Box<dyn std::error::Error>> {
+        let a = UserId::parse("a")?;
+        let b = UserId::parse("b")?;
+        assert_eq!(resolve_user(Some("a"), None, false)?, a);
+        assert_eq!(resolve_user(Some("a"), Some(&a), false)?, a);
         assert_eq!(
             resolve_user(Some("a"), Some(&b), true).unwrap_err().code,
             "forbidden"
@@ -255,6 +256,7 @@ mod tests {
             resolve_user(None, None, true).unwrap_err().code,
             "unauthenticated"
         );
-        assert_eq!(resolve_user(None, Some(&b), true).unwrap(), b);
+        assert_eq!(resolve_user(None, Some(&b), true)?, b);
+        Ok(())
     }
 }

@@ -93,6 +93,7 @@ impl LlmProvider for OfflineProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::TryStreamExt;
 
     fn prompt(hikmah: &str) -> Prompt {
         Prompt {
@@ -105,13 +106,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn streams_a_labelled_deterministic_text_in_several_chunks() {
+    async fn streams_a_labelled_deterministic_text_in_several_chunks(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let p = OfflineProvider::new(Duration::ZERO);
         let chunks: Vec<String> = p
             .stream(prompt("Patience is the key to relief."))
-            .map(|c| c.unwrap())
-            .collect()
-            .await;
+            .try_collect()
+            .await?;
         assert!(chunks.len() > 10);
         let text = chunks.concat();
         assert!(text.starts_with(DEMO_LABEL));
@@ -121,5 +122,6 @@ mod tests {
             text,
             OfflineProvider::text_for(&prompt("Patience is the key to relief."))
         );
+        Ok(())
     }
 }

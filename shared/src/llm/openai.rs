@@ -351,13 +351,14 @@ mod tests {
     }
 
     #[test]
-    fn deltas_are_taken_from_content_and_role_only_chunks_are_skipped() {
+    fn deltas_are_taken_from_content_and_role_only_chunks_are_skipped(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let mut r = reader();
-        r.absorb(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n")
-            .unwrap();
-        r.absorb(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n").unwrap();
+        r.absorb(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n")?;
+        r.absorb(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\r\n\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n")?;
         assert_eq!(r.ready, vec!["Hel".to_owned(), "lo".to_owned()]);
         assert!(r.done && r.finished);
+        Ok(())
     }
 
     #[test]

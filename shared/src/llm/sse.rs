@@ -145,19 +145,22 @@ mod tests {
             .collect()
     }
 
-    fn parse_in_pieces(input: &[u8], piece: usize) -> Vec<SseItem> {
+    fn parse_in_pieces(
+        input: &[u8],
+        piece: usize,
+    ) -> Result<Vec<SseItem>, Box<dyn std::error::Error>> {
         let mut p = SseParser::new();
         let mut out = Vec::new();
         for chunk in input.chunks(piece) {
-            out.extend(p.push(chunk).unwrap());
+            out.extend(p.push(chunk)?);
         }
-        out
+        Ok(out)
     }
 
     #[test]
-    fn multi_line_data_is_joined_with_newlines() {
+    fn multi_line_data_is_joined_with_newlines() -> Result<(), Box<dyn std::error::Error>> {
         let mut p = SseParser::new();
-        let got = events(p.push(b"event: delta\ndata: one\ndata: two\n\n").unwrap());
+        let got = events(p.push(b"event: delta\ndata: one\ndata: two\n\n")?);
         assert_eq!(
             got,
             vec![SseEvent {
@@ -166,59 +169,66 @@ mod tests {
                 id: None
             }]
         );
+        Ok(())
     }
 
     #[test]
-    fn crlf_cr_and_lf_line_ends_are_all_accepted() {
+    fn crlf_cr_and_lf_line_ends_are_all_accepted() -> Result<(), Box<dyn std::error::Error>> {
         for input in [
             &b"data: a\r\n\r\ndata: b\r\n\r\n"[..],
             b"data: a\r\rdata: b\r\r",
             b"data: a\n\ndata: b\n\n",
         ] {
-            let got: Vec<String> = events(parse_in_pieces(input, 1000))
+            let got: Vec<String> = events(parse_in_pieces(input, 1000)?)
                 .into_iter()
                 .map(|e| e.data)
                 .collect();
             assert_eq!(got, vec!["a", "b"], "{:?}", String::from_utf8_lossy(input));
         }
+        Ok(())
     }
 
     #[test]
-    fn every_split_point_gives_the_same_events() {
+    fn every_split_point_gives_the_same_events() -> Result<(), Box<dyn std::error::Error>> {
         let input = "data: {\"x\":\"é🙂\"}\r\n: comment\r\n\r\nevent: e\ndata:no-space\n\ndata: [DONE]\r\n\r\n";
-        let whole = parse_in_pieces(input.as_bytes(), input.len());
+        let whole = parse_in_pieces(input.as_bytes(), input.len())?;
         assert_eq!(whole.len(), 4);
         for piece in 1..input.len() {
             assert_eq!(
-                parse_in_pieces(input.as_bytes(), piece),
+                parse_in_pieces(input.as_bytes(), piece)?,
                 whole,
                 "piece size {piece}"
             );
         }
+        Ok(())
     }
 
     #[test]
-    fn a_crlf_split_between_reads_does_not_make_an_empty_line() {
+    fn a_crlf_split_between_reads_does_not_make_an_empty_line(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let mut p = SseParser::new();
-        assert!(p.push(b"data: a\r").unwrap().is_empty());
+        assert!(p.push(b"data: a\r")?.is_empty());
         assert!(
-            p.push(b"\n").unwrap().is_empty(),
+            p.push(b"\n")?.is_empty(),
             "the \\n belongs to the \\r, not a blank line"
         );
-        assert_eq!(events(p.push(b"\r\n").unwrap())[0].data, "a");
+        assert_eq!(events(p.push(b"\r\n")?)[0].data, "a");
+        Ok(())
     }
 
     #[test]
-    fn comments_are_reported_and_do_not_dispatch() {
+    fn comments_are_reported_and_do_not_dispatch() -> Result<(), Box<dyn std::error::Error>> {
         let mut p = SseParser::new();
-        let got = p.push(b": keep-alive\n\n").unwrap();
+        let got = p.push(b": keep-alive\n\n")?;
         assert_eq!(got, vec![SseItem::Comment("keep-alive".into())]);
+        Ok(())
     }
 
     #[test]
-    fn an_unterminated_event_is_not_dispatched() {
+    fn an_unterminated_event_is_not_dispatched() -> Result<(), Box<dyn std::error::Error>> {
         let mut p = SseParser::new();
-        assert!(p.push(b"data: partial\n").unwrap().is_empty());
+        assert!(p.push(b"data: partial\n")?.is_empty());
+        Ok(())
     }
 
     #[test]

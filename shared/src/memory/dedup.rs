@@ -617,24 +617,24 @@ mod tests {
     use crate::memory::normalize::content_hash;
     use crate::types::EMBEDDING_DIM;
 
-    fn unit(i: usize) -> Embedding {
+    fn unit(i: usize) -> Result<Embedding, Box<dyn std::error::Error>> {
         let mut v = vec![0.0; EMBEDDING_DIM];
         v[i] = 1.0;
-        Embedding::normalized(v).unwrap()
+        Ok(Embedding::normalized(v)?)
     }
 
-    fn mixed(cos: f32) -> Embedding {
+    fn mixed(cos: f32) -> Result<Embedding, Box<dyn std::error::Error>> {
         // A unit vector whose cosine with unit(0) is `cos`.
         let mut v = vec![0.0; EMBEDDING_DIM];
         v[0] = cos;
         v[1] = (1.0 - cos * cos).sqrt();
-        Embedding::normalized(v).unwrap()
+        Ok(Embedding::normalized(v)?)
     }
 
-    fn decide(a: &str, b: &str, eb: &Embedding) -> Decision {
+    fn decide(a: &str, b: &str, eb: &Embedding) -> Result<Decision, Box<dyn std::error::Error>> {
         let (ha, hb) = (content_hash(a), content_hash(b));
-        let ea = unit(0);
-        DedupPolicy::with_threshold(0.9).decide(
+        let ea = unit(0)?;
+        Ok(DedupPolicy::with_threshold(0.9).decide(
             NoteRef {
                 text: a,
                 content_hash: &ha,
@@ -645,43 +645,47 @@ mod tests {
                 content_hash: &hb,
                 embedding: eb,
             },
-        )
+        ))
     }
 
     #[test]
-    fn equal_after_normalisation_is_an_exact_duplicate_whatever_the_cosine() {
+    fn equal_after_normalisation_is_an_exact_duplicate_whatever_the_cosine(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let d = decide(
             "Patience is the key to relief.",
             "patience is the KEY to relief",
-            &unit(1),
-        );
+            &unit(1)?,
+        )?;
         assert_eq!((d.duplicate, d.reason), (true, Reason::ExactMatch));
+        Ok(())
     }
 
     #[test]
-    fn below_threshold_is_not_a_duplicate() {
+    fn below_threshold_is_not_a_duplicate() -> Result<(), Box<dyn std::error::Error>> {
         let d = decide(
             "Patience is the key to relief.",
             "Relief follows patience.",
-            &mixed(0.85),
-        );
+            &mixed(0.85)?,
+        )?;
         assert_eq!((d.duplicate, d.reason), (false, Reason::BelowThreshold));
         assert!((d.cosine - 0.85).abs() < 1e-4);
+        Ok(())
     }
 
     #[test]
-    fn similar_without_guard_is_a_semantic_duplicate() {
+    fn similar_without_guard_is_a_semantic_duplicate() -> Result<(), Box<dyn std::error::Error>> {
         let d = decide(
             "Patience is the key to relief.",
             "Patience is what unlocks relief.",
-            &mixed(0.93),
-        );
+            &mixed(0.93)?,
+        )?;
         assert_eq!((d.duplicate, d.reason), (true, Reason::SemanticMatch));
+        Ok(())
     }
 
     #[test]
-    fn guards_catch_what_the_model_gets_wrong() {
-        let e = mixed(0.98);
+    fn guards_catch_what_the_model_gets_wrong() -> Result<(), Box<dyn std::error::Error>> {
+        let e = mixed(0.98)?;
         let cases = [
             (
                 "She finds it easy to forgive others.",
@@ -706,23 +710,26 @@ mod tests {
             ),
         ];
         for (a, b, reason) in cases {
-            let d = decide(a, b, &e);
+            let d = decide(a, b, &e)?;
             assert_eq!((d.duplicate, d.reason), (false, reason), "{a} / {b}");
         }
+        Ok(())
     }
 
     #[test]
-    fn transliterated_and_english_terms_are_the_same_concept() {
+    fn transliterated_and_english_terms_are_the_same_concept(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let d = decide(
             "Sabr is the key to relief.",
             "Patience is the key to relief.",
-            &mixed(0.95),
-        );
+            &mixed(0.95)?,
+        )?;
         assert_eq!((d.duplicate, d.reason), (true, Reason::SemanticMatch));
+        Ok(())
     }
 
     #[test]
-    fn best_match_prefers_exact_then_highest_cosine() {
+    fn best_match_prefers_exact_then_highest_cosine() -> Result<(), Box<dyn std::error::Error>> {
         let policy = DedupPolicy::with_threshold(0.9);
         let texts = [
             "Patience brings relief.",
@@ -730,8 +737,8 @@ mod tests {
             "Patience, the key to relief",
         ];
         let hashes: Vec<String> = texts.iter().map(|t| content_hash(t)).collect();
-        let embs = [mixed(0.95), mixed(0.97), unit(1)];
-        let cand_e = unit(0);
+        let embs = [mixed(0.95)?, mixed(0.97)?, unit(1)?];
+        let cand_e = unit(0)?;
         let cand = NoteRef {
             text: "patience is the key to relief",
             content_hash: &hashes[1],
@@ -747,7 +754,7 @@ mod tests {
                 },
             )
         });
-        let (k, d) = policy.best_match(cand, existing).unwrap();
+        let (k, d) = policy.best_match(cand, existing).ok_or("no match")?;
         assert_eq!((k, d.reason), (1, Reason::ExactMatch));
 
         let other_hash = content_hash("Relief comes with patience.");
@@ -766,8 +773,9 @@ mod tests {
                 },
             )
         });
-        let (k, d) = policy.best_match(cand, existing).unwrap();
+        let (k, d) = policy.best_match(cand, existing).ok_or("no match")?;
         assert_eq!((k, d.reason), (1, Reason::SemanticMatch));
+        Ok(())
     }
 
     #[test]
@@ -785,15 +793,13 @@ mod tests {
     }
 
     #[test]
-    fn reasons_serialise_in_snake_case() {
+    fn reasons_serialise_in_snake_case() -> Result<(), Box<dyn std::error::Error>> {
         let d = Decision {
             cosine: 0.5,
             duplicate: false,
             reason: Reason::BelowThreshold,
         };
-        assert_eq!(
-            serde_json::to_value(d).unwrap()["reason"],
-            "below_threshold"
-        );
+        assert_eq!(serde_json::to_value(d)?["reason"], "below_threshold");
+        Ok(())
     }
 }

@@ -117,50 +117,56 @@ mod tests {
     use super::*;
     use crate::types::UserId;
 
-    fn event(hikmah: &str, question: Option<&str>) -> ElaborationCompleted {
-        ElaborationCompleted::new(
-            UserId::parse("u-1").unwrap(),
+    fn event(
+        hikmah: &str,
+        question: Option<&str>,
+    ) -> Result<ElaborationCompleted, Box<dyn std::error::Error>> {
+        Ok(ElaborationCompleted::new(
+            UserId::parse("u-1")?,
             hikmah.into(),
             question.map(Into::into),
             "elaboration".into(),
             "m".into(),
-        )
+        ))
     }
 
     #[test]
-    fn a_short_hikmah_is_one_note() {
-        let notes = DefaultExtractor.extract(&event("  Patience is   the key to relief. ", None));
+    fn a_short_hikmah_is_one_note() -> Result<(), Box<dyn std::error::Error>> {
+        let notes = DefaultExtractor.extract(&event("  Patience is   the key to relief. ", None)?);
         assert_eq!(notes, vec!["Patience is the key to relief."]);
+        Ok(())
     }
 
     #[test]
-    fn the_question_comes_second() {
+    fn the_question_comes_second() -> Result<(), Box<dyn std::error::Error>> {
         let notes = DefaultExtractor.extract(&event(
             "Patience is the key to relief.",
             Some("How do I stay patient?"),
-        ));
+        )?);
         assert_eq!(
             notes,
             vec!["Patience is the key to relief.", "How do I stay patient?"]
         );
+        Ok(())
     }
 
     #[test]
-    fn a_question_equal_to_the_hikmah_is_dropped() {
+    fn a_question_equal_to_the_hikmah_is_dropped() -> Result<(), Box<dyn std::error::Error>> {
         let notes = DefaultExtractor.extract(&event(
             "Patience is the key to relief.",
             Some("patience is the key to relief"),
-        ));
+        )?);
         assert_eq!(notes.len(), 1);
+        Ok(())
     }
 
     #[test]
-    fn long_texts_give_at_most_three_bounded_notes() {
+    fn long_texts_give_at_most_three_bounded_notes() -> Result<(), Box<dyn std::error::Error>> {
         let hikmah: String = (0..40)
             .map(|i| format!("Sentence {i} talks about gratitude and patience in hard times. "))
             .collect();
         let question = "why ".repeat(200);
-        let notes = DefaultExtractor.extract(&event(&hikmah, Some(&question)));
+        let notes = DefaultExtractor.extract(&event(&hikmah, Some(&question))?);
         assert_eq!(notes.len(), MAX_NOTES);
         for n in &notes {
             assert!(
@@ -171,23 +177,29 @@ mod tests {
             assert!(!n.contains("  "));
         }
         assert!(notes[1].ends_with('…'));
+        Ok(())
     }
 
     #[test]
-    fn a_single_overlong_word_is_cut_hard() {
-        let notes = DefaultExtractor.extract(&event(&"x".repeat(1000), None));
+    fn a_single_overlong_word_is_cut_hard() -> Result<(), Box<dyn std::error::Error>> {
+        let notes = DefaultExtractor.extract(&event(&"x".repeat(1000), None)?);
         assert_eq!(notes[0].chars().count(), MAX_NOTE_CHARS);
+        Ok(())
     }
 
     #[test]
-    fn extraction_is_deterministic() {
-        let e = event("A. B! C? D… E", Some("q"));
+    fn extraction_is_deterministic() -> Result<(), Box<dyn std::error::Error>> {
+        let e = event("A. B! C? D… E", Some("q"))?;
         assert_eq!(DefaultExtractor.extract(&e), DefaultExtractor.extract(&e));
         assert_eq!(DefaultExtractor.extract(&e), vec!["A. B! C? D… E", "q"]);
+        Ok(())
     }
 
     #[test]
-    fn empty_texts_give_no_notes() {
-        assert!(DefaultExtractor.extract(&event("  ", Some(" "))).is_empty());
+    fn empty_texts_give_no_notes() -> Result<(), Box<dyn std::error::Error>> {
+        assert!(DefaultExtractor
+            .extract(&event("  ", Some(" "))?)
+            .is_empty());
+        Ok(())
     }
 }

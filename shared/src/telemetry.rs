@@ -25,6 +25,10 @@ pub fn init(format: LogFormat) {
             .with_span_list(false)
             .with_ansi(false)
             .try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Text => builder
+            .with_target(false)
+            // Colours only for a person at a terminal, not in files or CI logs.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
 }

@@ -73,6 +73,14 @@ enum State {
     Finished,
 }
 
+/// An SDK error (request or event stream) as the provider error the client sees.
+fn provider_error<E: std::error::Error>(e: &E) -> LlmError {
+    LlmError::Provider {
+        provider: NAME,
+        message: DisplayErrorContext(e).to_string(),
+    }
+}
+
 async fn next(mut state: State, idle: Duration) -> Option<(Result<String, LlmError>, State)> {
     let timeout = || LlmError::IdleTimeout {
         provider: NAME,
@@ -84,26 +92,14 @@ async fn next(mut state: State, idle: Duration) -> Option<(Result<String, LlmErr
             State::Failed(e) => return Some((Err(e), State::Finished)),
             State::Start(request) => match tokio::time::timeout(idle, request.send()).await {
                 Err(_) => return Some((Err(timeout()), State::Finished)),
-                Ok(Err(e)) => {
-                    let err = LlmError::Provider {
-                        provider: NAME,
-                        message: DisplayErrorContext(&e).to_string(),
-                    };
-                    return Some((Err(err), State::Finished));
-                }
+                Ok(Err(e)) => return Some((Err(provider_error(&e)), State::Finished)),
                 Ok(Ok(output)) => State::Reading(Box::new(output)),
             },
             State::Reading(mut events) => match tokio::time::timeout(idle, events.stream.recv())
                 .await
             {
                 Err(_) => return Some((Err(timeout()), State::Finished)),
-                Ok(Err(e)) => {
-                    let err = LlmError::Provider {
-                        provider: NAME,
-                        message: DisplayErrorContext(&e).to_string(),
-                    };
-                    return Some((Err(err), State::Finished));
-                }
+                Ok(Err(e)) => return Some((Err(provider_error(&e)), State::Finished)),
                 Ok(Ok(None)) | Ok(Ok(Some(ConverseStreamOutput::MessageStop(_)))) => return None,
                 Ok(Ok(Some(ConverseStreamOutput::ContentBlockDelta(event)))) => match event.delta()
                 {

@@ -1,5 +1,6 @@
 //! Support for hikmah's end-to-end tests: real PostgreSQL databases, moto, the model files.
 pub mod bins;
+pub mod events;
 pub mod fake_llm;
 pub mod lambda;
 pub mod model;

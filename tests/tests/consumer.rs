@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use hikmah_tests::events::event;
 use hikmah_tests::model::embedder;
 use hikmah_tests::pg::TestDb;
 use hikmah_tests::proxy::{upstream_of, Mode, TcpProxy};
@@ -17,19 +18,32 @@ use shared::memory::dedup::DedupPolicy;
 use shared::memory::extract::{DefaultExtractor, NoteExtractor};
 use shared::memory::service::MemoryService;
 use shared::memory::store::PgMemoryStore;
-use shared::types::UserId;
 
 const PATIENCE: &str = "Patience is the key to relief.";
 const PATIENCE_QUESTION: &str = "How do I stay patient when things go wrong?";
 
-fn event(user: &str, hikmah: &str, question: Option<&str>) -> ElaborationCompleted {
-    ElaborationCompleted::new(
-        UserId::parse(user).unwrap(),
-        hikmah.into(),
-        question.map(Into::into),
-        "An elaboration the consumer does not store.".into(),
-        "test-model".into(),
-    )
+/// Pool settings for `tdb` reached through `proxy`, with short timeouts (plus `extra`).
+fn proxied_config(
+    tdb: &TestDb,
+    proxy: &TcpProxy,
+    extra: &[(&str, &str)],
+    pool_size: usize,
+) -> DbConfig {
+    let mut pairs = tdb.env_pairs();
+    pairs.retain(|(k, _)| k != "DATABASE_URL");
+    pairs.push(("DATABASE_URL".to_owned(), proxy.rewrite_url(tdb.url())));
+    let timeouts = [
+        ("DB_CONNECT_TIMEOUT_MS", "1000"),
+        ("DB_RECYCLE_TIMEOUT_MS", "1000"),
+        ("DB_STATEMENT_TIMEOUT_MS", "5000"),
+    ];
+    pairs.extend(
+        timeouts
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    DbConfig::from_env(&Env::from_pairs(pairs), pool_size).unwrap()
 }
 
 /// A Lambda SQS event built from JSON (as Lambda sends it), one record per body.
@@ -424,16 +438,7 @@ async fn stale_connections_between_invocations() {
 async fn database_unreachable_fails_records_within_the_timeouts_and_redelivery_applies_once() {
     let tdb = TestDb::new().await;
     let proxy = TcpProxy::start(upstream_of(tdb.url())).await;
-    let mut pairs = tdb.env_pairs();
-    pairs.retain(|(k, _)| k != "DATABASE_URL");
-    pairs.extend([
-        ("DATABASE_URL".to_owned(), proxy.rewrite_url(tdb.url())),
-        ("DB_CONNECT_TIMEOUT_MS".to_owned(), "1000".to_owned()),
-        ("DB_RECYCLE_TIMEOUT_MS".to_owned(), "1000".to_owned()),
-        ("DB_POOL_WAIT_TIMEOUT_MS".to_owned(), "3000".to_owned()),
-        ("DB_STATEMENT_TIMEOUT_MS".to_owned(), "5000".to_owned()),
-    ]);
-    let cfg = DbConfig::from_env(&Env::from_pairs(pairs), 4).unwrap();
+    let cfg = proxied_config(&tdb, &proxy, &[("DB_POOL_WAIT_TIMEOUT_MS", "3000")], 4);
     let consumer = consumer_with(Db::connect(&cfg).await.unwrap());
 
     let warm = event("user-a", PATIENCE, None);
@@ -485,15 +490,7 @@ async fn database_unreachable_fails_records_within_the_timeouts_and_redelivery_a
 async fn a_database_that_goes_silent_mid_transaction_fails_the_record_at_the_record_timeout() {
     let tdb = TestDb::new().await;
     let proxy = TcpProxy::start(upstream_of(tdb.url())).await;
-    let mut pairs = tdb.env_pairs();
-    pairs.retain(|(k, _)| k != "DATABASE_URL");
-    pairs.extend([
-        ("DATABASE_URL".to_owned(), proxy.rewrite_url(tdb.url())),
-        ("DB_CONNECT_TIMEOUT_MS".to_owned(), "1000".to_owned()),
-        ("DB_RECYCLE_TIMEOUT_MS".to_owned(), "1000".to_owned()),
-        ("DB_STATEMENT_TIMEOUT_MS".to_owned(), "5000".to_owned()),
-    ]);
-    let cfg = DbConfig::from_env(&Env::from_pairs(pairs), 2).unwrap();
+    let cfg = proxied_config(&tdb, &proxy, &[], 2);
     let consumer =
         consumer_with(Db::connect(&cfg).await.unwrap()).with_record_timeout(Duration::from_secs(3));
     let warm = event("user-w", PATIENCE, None);

@@ -7,16 +7,9 @@ use hikmah_tests::model::embed_config;
 use hikmah_tests::pg::TestDb;
 use hikmah_tests::sqs::{sqs_event_json, STANDARD_ARN};
 use shared::events::ElaborationCompleted;
-use shared::types::UserId;
 
 fn event(user: &str, hikmah: &str) -> ElaborationCompleted {
-    ElaborationCompleted::new(
-        UserId::parse(user).unwrap(),
-        hikmah.into(),
-        None,
-        "e".into(),
-        "m".into(),
-    )
+    hikmah_tests::events::event(user, hikmah, None)
 }
 
 #[tokio::test(flavor = "multi_thread")]

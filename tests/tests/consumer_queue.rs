@@ -9,16 +9,9 @@ use hikmah_tests::sqs::TestQueue;
 use memory_consumer::{handle_batch, Consumer, Poller};
 use shared::events::ElaborationCompleted;
 use shared::memory::dedup::DedupPolicy;
-use shared::types::UserId;
 
 fn event(user: &str, hikmah: &str) -> ElaborationCompleted {
-    ElaborationCompleted::new(
-        UserId::parse(user).unwrap(),
-        hikmah.into(),
-        None,
-        "e".into(),
-        "m".into(),
-    )
+    hikmah_tests::events::event(user, hikmah, None)
 }
 
 #[tokio::test]

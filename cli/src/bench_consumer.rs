@@ -7,11 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use memory_consumer::{handle_batch, Consumer};
-use shared::config::{DbConfig, DedupConfig, EmbedConfig, Env};
+use shared::config::{DedupConfig, Env};
 use shared::db::Db;
-use shared::embed::Embedder;
 use shared::events::ElaborationCompleted;
 use shared::memory::dedup::DedupPolicy;
 use shared::memory::normalize::content_hash;
@@ -40,27 +38,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|n| n.get())
         .unwrap_or(1);
 
-    // Cold init, as main.rs does it: config, pool with a warm connection, embedder.
-    let started = Instant::now();
-    let db_cfg = DbConfig::from_env(&env, 4)?;
-    let embed_cfg = EmbedConfig::from_env(&env)?;
-    let dedup = DedupConfig::from_env(&env)?;
-    let config_time = started.elapsed();
-    let t = Instant::now();
-    let db = Db::connect(&db_cfg).await?;
-    let pool_time = t.elapsed();
-    let t = Instant::now();
-    let embedder = Embedder::load(&embed_cfg)?;
-    let embedder_time = t.elapsed();
-    let init_time = started.elapsed();
+    // Cold init through the function's own composition root.
+    let consumer = Consumer::from_env(&env).await?;
     let rss_after_init = rss_mib("VmRSS");
+    let init = consumer.init_timings();
+    let (config_time, pool_time, embedder_time, init_time) =
+        (init.config, init.db, init.embedder, init.total);
+    let db = consumer.db().clone();
 
     shared::db::migrate(&db)
         .await
         .context("migrating the bench database")?;
-    let policy = DedupPolicy::from(&dedup);
-    let service = MemoryService::postgres(db.clone(), embedder.clone(), policy);
-    let consumer = Consumer::postgres(db.clone(), embedder, policy);
+    let policy = DedupPolicy::from(&DedupConfig::from_env(&env)?);
+    let service = consumer.service().clone();
 
     println!("## hikmah bench consumer\n");
     println!(
@@ -150,20 +140,25 @@ async fn measure(
         }
         let mut elapsed = Duration::ZERO;
         for b in 0..=args.batches.max(1) {
-            let mut event = SqsEvent::default();
-            for i in 0..10 {
+            let event = memory_consumer::sqs::event((0..10).map(|i| {
                 counter += 1;
-                let mut record = SqsMessage::default();
-                record.message_id = Some(format!("m-{counter}"));
-                record.body = Some(message(&names[i % users], counter).to_body());
-                record.event_source_arn = Some("arn:aws:sqs:local:000000000000:bench".into());
-                event.records.push(record);
-            }
+                let received = memory_consumer::sqs::Received {
+                    message_id: format!("m-{counter}"),
+                    body: message(&names[i % users], counter).to_body(),
+                    ..Default::default()
+                };
+                memory_consumer::sqs::record(
+                    received,
+                    "arn:aws:sqs:local:000000000000:bench",
+                    "local",
+                )
+            }));
             let t = Instant::now();
-            let response = handle_batch(consumer, event).await;
+            let report = handle_batch(consumer, event).await;
             anyhow::ensure!(
-                response.batch_item_failures.is_empty(),
-                "records failed during the bench: {response:?}"
+                report.all_applied(),
+                "records failed during the bench: {:?}",
+                report.failures().collect::<Vec<_>>()
             );
             if b > 0 {
                 elapsed += t.elapsed();

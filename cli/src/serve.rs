@@ -12,7 +12,7 @@
 //!     or real SQS): elaborate publishes with the SDK and the consumer's [`Poller`] receives,
 //!     invokes the handler and deletes the successes, exactly as in AWS.
 //!
-//! Local defaults (each overridable by the environment): `TRUST_BODY_USER_ID=true` (no
+//! Local defaults (each overridable by the environment): `POOL_MAX_SIZE=4`, `TRUST_BODY_USER_ID=true` (no
 //! authorizer here, so the body's `user_id` is the caller), and the LLM provider is `offline`
 //! unless one is configured. Migrations run at start (locally only; in AWS a deploy runs them).
 
@@ -23,17 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::SqsEvent;
 use futures::future::BoxFuture;
 use memory_consumer::{handle_batch, Consumer, Poller};
-use shared::config::{
-    DbConfig, DedupConfig, ElaborateConfig, EmbedConfig, Env, LlmConfig, QueueConfig,
-};
-use shared::db::{self, Db};
-use shared::elaboration::{Elaborator, PgNotes};
-use shared::embed::Embedder;
+use shared::aws::AwsConfig;
+use shared::config::{Env, QueueConfig};
+use shared::db;
 use shared::events::ElaborationCompleted;
-use shared::memory::dedup::DedupPolicy;
 use shared::publish::{PublishError, Publisher, SqsPublisher};
 use tokio::sync::{mpsc, watch};
 
@@ -48,7 +44,7 @@ const BATCH_SIZE: usize = 10;
 /// locally a short wait keeps the memory visible within a moment).
 const BATCHING_WINDOW: Duration = Duration::from_millis(50);
 
-/// Pool size of each side when `POOL_MAX_SIZE` is unset.
+/// Pool size of each function's pool when `POOL_MAX_SIZE` is unset.
 const DEFAULT_POOL_SIZE: usize = 4;
 
 /// How long a stopping runner lets the in-process queue finish what it already accepted.
@@ -68,47 +64,33 @@ pub struct Args {
 /// Serves the elaborate handler and runs the memory consumer locally until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = local_env();
-    let elaborate_config = ElaborateConfig::from_env(&env)?;
-    let llm = LlmConfig::from_env(&env)?;
     let queue = QueueConfig::optional_from_env(&env)?;
-    let dedup = DedupConfig::from_env(&env)?;
-    let embed_config = EmbedConfig::from_env(&env)?;
 
-    // Two pools, as in AWS where each function has its own.
-    let consumer_db = Db::connect(&DbConfig::from_env(&env, DEFAULT_POOL_SIZE)?)
-        .await
-        .context("connecting to PostgreSQL (DATABASE_URL); the README's first command starts one for you")?;
-    let report = db::migrate(&consumer_db)
+    // Both functions' own composition roots, so what runs here is wired as in Lambda; two pools,
+    // as in AWS where each function has its own.
+    let consumer = Consumer::from_env(&env).await.context(
+        "starting the memory consumer (DATABASE_URL, EMBED_MODEL_DIR, ORT_DYLIB_PATH); \
+         the README's first command provisions all three",
+    )?;
+    let report = db::migrate(consumer.db())
         .await
         .context("applying migrations")?;
     for (version, name) in &report.applied {
         tracing::info!(version, name, "migration applied");
     }
-    let elaborate_db = Db::connect(&DbConfig::from_env(&env, DEFAULT_POOL_SIZE)?).await?;
 
-    let embedder = Embedder::load(&embed_config).with_context(|| {
-        format!(
-            "loading the embedding model from {} with ONNX Runtime {} (scripts/setup.sh fetches both)",
-            embed_config.model_dir.display(),
-            embed_config.ort_dylib_path.display()
-        )
-    })?;
-    let consumer = Consumer::postgres(consumer_db.clone(), embedder, DedupPolicy::from(&dedup));
-    let provider = shared::llm::from_config(&llm).await?;
-    let model = provider.model().to_owned();
-
+    let aws = AwsConfig::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (publisher, queue_label, consumer_task): (Arc<dyn Publisher>, String, _) = match &queue {
         Some(queue) => {
-            let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            let client = aws_sdk_sqs::Client::new(&sdk);
+            let client = aws_sdk_sqs::Client::new(aws.get().await);
             let poller = Poller::new(client.clone(), queue.url.clone()).await?;
             let consumer = consumer.clone();
             let mut stop = stop_rx.clone();
             let task = tokio::spawn(async move {
                 let handler = |event: SqsEvent| {
                     let consumer = consumer.clone();
-                    async move { handle_batch(&consumer, event).await }
+                    async move { handle_batch(&consumer, event).await.to_response() }
                 };
                 let report = poller
                     .run(handler, async move {
@@ -126,14 +108,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             (Arc::new(queue), "in-process".to_owned(), task)
         }
     };
-
-    let elaborator = Elaborator::new(
-        provider,
-        Arc::new(PgNotes::new(elaborate_db.clone())),
-        publisher,
-        elaborate_config.memory_context_notes,
-    );
-    let state = elaborate::AppState::new(elaborator, elaborate_config);
+    let state = elaborate::AppState::build(&env, &aws, publisher).await?;
+    let elaborate_db = state.db().cloned();
+    let model = state.model().to_owned();
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
         .await
@@ -160,8 +137,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "the memory consumer did not finish within {DRAIN_TIMEOUT:?}; pending events are lost"
         );
     }
-    elaborate_db.close();
-    consumer_db.close();
+    if let Some(db) = elaborate_db {
+        db.close();
+    }
+    consumer.db().close();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -171,6 +150,9 @@ fn local_env() -> Env {
     // No authorizer runs locally: the body's user_id is the caller.
     vars.entry("TRUST_BODY_USER_ID".to_owned())
         .or_insert_with(|| "true".to_owned());
+    // One process serves many requests at once here, unlike an elaborate environment.
+    vars.entry("POOL_MAX_SIZE".to_owned())
+        .or_insert_with(|| DEFAULT_POOL_SIZE.to_string());
     Env::from_pairs(vars)
 }
 
@@ -308,12 +290,8 @@ impl InProcessWorker {
             d.receives += 1;
         }
         let event = to_sqs_event(&batch);
-        let response = handle_batch(&self.consumer, event).await;
-        let failed: Vec<&str> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
+        let report = handle_batch(&self.consumer, event).await;
+        let failed: Vec<&str> = report.failures().map(|(id, _)| id).collect();
         for d in batch
             .into_iter()
             .filter(|d| failed.contains(&d.message_id.as_str()))
@@ -347,21 +325,20 @@ impl InProcessWorker {
 
 /// The `SqsEvent` Lambda would build for these messages (one local queue ARN).
 fn to_sqs_event(batch: &[Delivery]) -> SqsEvent {
-    let mut event = SqsEvent::default();
-    event.records = batch
-        .iter()
-        .map(|d| {
-            let mut r = SqsMessage::default();
-            r.message_id = Some(d.message_id.clone());
-            r.receipt_handle = Some(format!("in-process-{}-{}", d.message_id, d.receives));
-            r.body = Some(d.body.clone());
-            r.attributes =
-                HashMap::from([("ApproximateReceiveCount".to_owned(), d.receives.to_string())]);
-            r.event_source = Some("aws:sqs".into());
-            r.event_source_arn = Some("arn:aws:sqs:local:000000000000:hikmah-in-process".into());
-            r.aws_region = Some("local".into());
-            r
-        })
-        .collect();
-    event
+    memory_consumer::sqs::event(batch.iter().map(|d| {
+        let received = memory_consumer::sqs::Received {
+            message_id: d.message_id.clone(),
+            receipt_handle: Some(format!("in-process-{}-{}", d.message_id, d.receives)),
+            body: d.body.clone(),
+            attributes: HashMap::from([(
+                "ApproximateReceiveCount".to_owned(),
+                d.receives.to_string(),
+            )]),
+        };
+        memory_consumer::sqs::record(
+            received,
+            "arn:aws:sqs:local:000000000000:hikmah-in-process",
+            "local",
+        )
+    }))
 }

@@ -404,14 +404,6 @@ impl LlmConfig {
             }),
         }
     }
-
-    /// The model name reported in queue messages.
-    pub fn model_name(&self) -> &str {
-        match self {
-            Self::OpenAi { model, .. } | Self::Bedrock { model, .. } => model,
-            Self::Offline => "offline-demo",
-        }
-    }
 }
 
 /// The memory queue (`MEMORY_QUEUE_URL`).

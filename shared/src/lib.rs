@@ -2,14 +2,17 @@
 //!
 //! Layers point down only: services (`memory`, `elaboration`) use adapters behind small traits
 //! (`db`, `embed`, `llm`, `publish`), which use the model (`types`, `events`) and errors.
-//! Nothing here knows about Lambda.
+//! No Lambda type appears here; what exists only because the code runs in a Lambda execution
+//! environment (the secrets-extension client, the per-invocation hook) is in [`lambda`].
 
 pub mod artifacts;
+pub mod aws;
 pub mod config;
 pub mod db;
 pub mod elaboration;
 pub mod embed;
 pub mod events;
+pub mod lambda;
 pub mod llm;
 pub mod memory;
 pub mod publish;

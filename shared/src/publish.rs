@@ -2,6 +2,7 @@
 
 use futures::future::BoxFuture;
 
+use crate::aws::AwsConfig;
 use crate::config::QueueConfig;
 use crate::events::ElaborationCompleted;
 
@@ -43,16 +44,10 @@ impl SqsPublisher {
         Self { client, queue }
     }
 
-    /// Builds the SQS client from the standard AWS configuration chain; the loader honours
-    /// `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL` (local emulators such as moto).
-    pub async fn from_env(queue: QueueConfig) -> Self {
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Self::new(aws_sdk_sqs::Client::new(&sdk), queue)
-    }
-
-    /// The queue this publisher sends to.
-    pub fn queue(&self) -> &QueueConfig {
-        &self.queue
+    /// A client from the process's one AWS configuration, which honours `AWS_ENDPOINT_URL_SQS`
+    /// (local emulators such as moto).
+    pub async fn from_aws(aws: &AwsConfig, queue: QueueConfig) -> Self {
+        Self::new(aws_sdk_sqs::Client::new(aws.get().await), queue)
     }
 }
 

@@ -4,16 +4,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::SqsEvent;
 use hikmah_tests::events::event;
 use hikmah_tests::model::embedder;
 use hikmah_tests::pg::TestDb;
 use hikmah_tests::proxy::{upstream_of, Mode, TcpProxy};
 use hikmah_tests::sqs::{sqs_event_json, FIFO_ARN, STANDARD_ARN};
-use memory_consumer::{handle_batch, Consumer};
+use memory_consumer::{handle_batch, BatchReport, Consumer, RecordError};
 use shared::config::{DbConfig, Env};
 use shared::db::Db;
 use shared::events::ElaborationCompleted;
+use shared::events::EventError;
 use shared::memory::dedup::DedupPolicy;
 use shared::memory::extract::{DefaultExtractor, NoteExtractor};
 use shared::memory::service::MemoryService;
@@ -67,14 +68,23 @@ fn batch(events: &[&ElaborationCompleted]) -> SqsEvent {
     .0
 }
 
-fn failures(r: &SqsBatchResponse) -> Vec<String> {
-    let mut ids: Vec<String> = r
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect();
+/// The failed records' message ids, sorted.
+fn failures(r: &BatchReport) -> Vec<String> {
+    let mut ids: Vec<String> = r.failures().map(|(id, _)| id.to_owned()).collect();
     ids.sort();
     ids
+}
+
+/// Asserts every record was applied, naming each failure's reason otherwise.
+#[track_caller]
+fn assert_applied(r: &BatchReport) {
+    let failed: Vec<String> = r.failures().map(|(id, e)| format!("{id}: {e}")).collect();
+    assert!(failed.is_empty(), "records failed: {failed:#?}");
+}
+
+/// The reason each failed record failed, in batch order.
+fn reasons(r: &BatchReport) -> Vec<&RecordError> {
+    r.failures().map(|(_, e)| e).collect()
 }
 
 fn consumer_with(db: Db) -> Consumer {
@@ -145,7 +155,7 @@ async fn first_event_for_a_user_creates_its_notes() {
     let s = setup().await;
     let e = event("user-a", PATIENCE, Some(PATIENCE_QUESTION));
     let r = handle_batch(&s.consumer, batch(&[&e])).await;
-    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_applied(&r);
     assert_eq!(
         notes(&s.tdb, "user-a").await,
         vec![(PATIENCE.to_owned(), 1), (PATIENCE_QUESTION.to_owned(), 1)]
@@ -176,14 +186,8 @@ async fn the_same_content_under_a_new_event_id_reinforces_instead_of_adding() {
     let first = event("user-a", PATIENCE, Some(PATIENCE_QUESTION));
     let again = event("user-a", PATIENCE, Some(PATIENCE_QUESTION));
     assert_ne!(first.event_id, again.event_id);
-    assert!(handle_batch(&s.consumer, batch(&[&first]))
-        .await
-        .batch_item_failures
-        .is_empty());
-    assert!(handle_batch(&s.consumer, batch(&[&again]))
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&s.consumer, batch(&[&first])).await);
+    assert_applied(&handle_batch(&s.consumer, batch(&[&again])).await);
     assert_eq!(
         notes(&s.tdb, "user-a").await,
         vec![(PATIENCE.to_owned(), 2), (PATIENCE_QUESTION.to_owned(), 2)]
@@ -196,14 +200,8 @@ async fn a_paraphrase_adds_no_note_and_reinforces_the_original() {
     let s = setup().await;
     let first = event("user-a", PATIENCE, None);
     let paraphrase = event("user-a", "Patience is what opens the door to relief.", None);
-    assert!(handle_batch(&s.consumer, batch(&[&first]))
-        .await
-        .batch_item_failures
-        .is_empty());
-    assert!(handle_batch(&s.consumer, batch(&[&paraphrase]))
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&s.consumer, batch(&[&first])).await);
+    assert_applied(&handle_batch(&s.consumer, batch(&[&paraphrase])).await);
     assert_eq!(
         notes(&s.tdb, "user-a").await,
         vec![(PATIENCE.to_owned(), 2)]
@@ -216,14 +214,8 @@ async fn a_negation_of_an_existing_note_is_kept_as_a_new_note() {
     let s = setup().await;
     let a = event("user-a", "She finds it easy to forgive others.", None);
     let b = event("user-a", "She finds it hard to forgive others.", None);
-    assert!(handle_batch(&s.consumer, batch(&[&a]))
-        .await
-        .batch_item_failures
-        .is_empty());
-    assert!(handle_batch(&s.consumer, batch(&[&b]))
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&s.consumer, batch(&[&a])).await);
+    assert_applied(&handle_batch(&s.consumer, batch(&[&b])).await);
     assert_eq!(notes(&s.tdb, "user-a").await.len(), 2);
     s.tdb.cleanup().await;
 }
@@ -232,16 +224,10 @@ async fn a_negation_of_an_existing_note_is_kept_as_a_new_note() {
 async fn a_different_users_event_touches_only_that_users_notes() {
     let s = setup().await;
     let a = event("user-a", PATIENCE, None);
-    assert!(handle_batch(&s.consumer, batch(&[&a]))
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&s.consumer, batch(&[&a])).await);
     let before = notes(&s.tdb, "user-a").await;
     let b = event("user-b", PATIENCE, None);
-    assert!(handle_batch(&s.consumer, batch(&[&b]))
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&s.consumer, batch(&[&b])).await);
     assert_eq!(
         notes(&s.tdb, "user-b").await,
         vec![(PATIENCE.to_owned(), 1)]
@@ -263,7 +249,7 @@ async fn five_users_in_one_batch_are_all_applied() {
         })
         .collect();
     let r = handle_batch(&s.consumer, batch(&events.iter().collect::<Vec<_>>())).await;
-    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_applied(&r);
     for i in 0..5 {
         assert_eq!(
             notes(&s.tdb, &format!("user-{i}")).await.len(),
@@ -292,7 +278,7 @@ async fn fifty_identical_events_through_concurrent_invocations_make_exactly_one_
     });
     for r in futures::future::join_all(invocations).await {
         let r = r.unwrap();
-        assert!(r.batch_item_failures.is_empty(), "{r:?}");
+        assert_applied(&r);
     }
     assert_eq!(notes(&tdb, "user-a").await, vec![(PATIENCE.to_owned(), 50)]);
     assert_eq!(processed_events(&tdb).await, 50);
@@ -308,15 +294,9 @@ async fn the_same_sqs_event_delivered_twice_changes_nothing_the_second_time() {
         event("user-a", PATIENCE, None),
     ];
     let delivery = batch(&events.iter().collect::<Vec<_>>());
-    assert!(handle_batch(&s.consumer, delivery.clone())
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&s.consumer, delivery.clone()).await);
     let after_first = snapshot(&s.tdb).await;
-    assert!(handle_batch(&s.consumer, delivery)
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&s.consumer, delivery).await);
     assert_eq!(snapshot(&s.tdb).await, after_first);
     s.tdb.cleanup().await;
 }
@@ -347,6 +327,18 @@ async fn malformed_bodies_and_an_unknown_version_fail_only_their_own_records() {
     let mut expected = vec![ids[2].clone(), ids[5].clone(), ids[8].clone()];
     expected.sort();
     assert_eq!(failures(&r), expected);
+    let why = reasons(&r);
+    assert!(
+        matches!(
+            why[..],
+            [
+                RecordError::Event(EventError::Malformed(_)),
+                RecordError::Event(EventError::Malformed(_)),
+                RecordError::Event(EventError::UnknownVersion { .. }),
+            ]
+        ),
+        "{why:?}"
+    );
     assert_eq!(processed_events(&s.tdb).await, 7);
     assert!(notes(&s.tdb, "user-x").await.is_empty());
     s.tdb.cleanup().await;
@@ -366,6 +358,18 @@ async fn a_fifo_batch_stops_at_the_first_failure_and_reports_every_later_record(
     let mut expected = ids[1..].to_vec();
     expected.sort();
     assert_eq!(failures(&r), expected);
+    let why = reasons(&r);
+    assert!(
+        matches!(
+            why[..],
+            [
+                RecordError::Event(_),
+                RecordError::SkippedAfterFifoFailure,
+                RecordError::SkippedAfterFifoFailure,
+            ]
+        ),
+        "{why:?}"
+    );
     assert_eq!(processed_events(&s.tdb).await, 1);
     s.tdb.cleanup().await;
 }
@@ -402,6 +406,11 @@ async fn a_panicking_record_is_a_failed_record_not_a_crashed_batch() {
     let (event, ids) = batch_of(&bodies, STANDARD_ARN);
     let r = handle_batch(&consumer, event).await;
     assert_eq!(failures(&r), vec![ids[1].clone()]);
+    assert!(
+        matches!(reasons(&r)[..], [RecordError::Panicked(m)] if m.contains("extractor bug triggered by BOOM")),
+        "{:?}",
+        reasons(&r)
+    );
     assert_eq!(processed_events(&tdb).await, 2);
     tdb.cleanup().await;
 }
@@ -410,10 +419,7 @@ async fn a_panicking_record_is_a_failed_record_not_a_crashed_batch() {
 async fn stale_connections_between_invocations() {
     let s = setup().await;
     let first = event("user-a", PATIENCE, None);
-    assert!(handle_batch(&s.consumer, batch(&[&first]))
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&s.consumer, batch(&[&first])).await);
 
     // As if the server (or a proxy, or an idle timeout) closed every connection while the
     // execution environment was frozen.
@@ -429,7 +435,7 @@ async fn stale_connections_between_invocations() {
         })
         .collect();
     let r = handle_batch(&s.consumer, batch(&events.iter().collect::<Vec<_>>())).await;
-    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_applied(&r);
     assert_eq!(processed_events(&s.tdb).await, 7);
     s.tdb.cleanup().await;
 }
@@ -442,10 +448,7 @@ async fn database_unreachable_fails_records_within_the_timeouts_and_redelivery_a
     let consumer = consumer_with(Db::connect(&cfg).await.unwrap());
 
     let warm = event("user-a", PATIENCE, None);
-    assert!(handle_batch(&consumer, batch(&[&warm]))
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&consumer, batch(&[&warm])).await);
 
     let events: Vec<ElaborationCompleted> = (0..3)
         .map(|i| {
@@ -462,7 +465,13 @@ async fn database_unreachable_fails_records_within_the_timeouts_and_redelivery_a
         let started = Instant::now();
         let r = handle_batch(&consumer, delivery.clone()).await;
         let took = started.elapsed();
-        assert_eq!(r.batch_item_failures.len(), 3, "{mode:?}: {r:?}");
+        let why = reasons(&r);
+        assert_eq!(why.len(), 3, "{mode:?}: {why:?}");
+        assert!(
+            why.iter()
+                .all(|e| matches!(e, RecordError::Memory(m) if m.is_connection())),
+            "{mode:?}: {why:?}"
+        );
         // Connect (1 s) twice per record (one retry) plus waits: seconds, never the Lambda timeout.
         assert!(
             took < Duration::from_secs(30),
@@ -472,9 +481,9 @@ async fn database_unreachable_fails_records_within_the_timeouts_and_redelivery_a
 
     proxy.set(Mode::Open);
     let r = handle_batch(&consumer, delivery.clone()).await;
-    assert!(r.batch_item_failures.is_empty(), "after recovery: {r:?}");
+    assert_applied(&r);
     let r = handle_batch(&consumer, delivery).await;
-    assert!(r.batch_item_failures.is_empty(), "second redelivery: {r:?}");
+    assert_applied(&r);
     for i in 0..3 {
         assert_eq!(
             notes(&tdb, &format!("user-{i}")).await,
@@ -494,10 +503,7 @@ async fn a_database_that_goes_silent_mid_transaction_fails_the_record_at_the_rec
     let consumer =
         consumer_with(Db::connect(&cfg).await.unwrap()).with_record_timeout(Duration::from_secs(3));
     let warm = event("user-w", PATIENCE, None);
-    assert!(handle_batch(&consumer, batch(&[&warm]))
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert_applied(&handle_batch(&consumer, batch(&[&warm])).await);
 
     // Hold the user's lock from outside the proxy so the record's query is in flight, then
     // partition the network: the server's answer (even its statement timeout) never arrives.
@@ -523,7 +529,11 @@ async fn a_database_that_goes_silent_mid_transaction_fails_the_record_at_the_rec
         .await
         .expect("the invocation must not hang")
         .unwrap();
-    assert_eq!(r.batch_item_failures.len(), 1, "{r:?}");
+    assert!(
+        matches!(reasons(&r)[..], [RecordError::TimedOut(_)]),
+        "{:?}",
+        reasons(&r)
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -533,7 +543,7 @@ async fn a_database_that_goes_silent_mid_transaction_fails_the_record_at_the_rec
 
     proxy.set(Mode::Open);
     let r = handle_batch(&consumer, delivery).await;
-    assert!(r.batch_item_failures.is_empty(), "after recovery: {r:?}");
+    assert_applied(&r);
     assert_eq!(
         notes(&tdb, "user-s").await,
         vec![("Wisdom sent into a partition.".to_owned(), 1)]
@@ -551,7 +561,7 @@ async fn candidates_of_one_event_are_deduplicated_among_themselves() {
         Some("Patience is what opens the door to relief."),
     );
     let r = handle_batch(&s.consumer, batch(&[&e])).await;
-    assert!(r.batch_item_failures.is_empty(), "{r:?}");
+    assert_applied(&r);
     assert_eq!(
         notes(&s.tdb, "user-a").await,
         vec![(PATIENCE.to_owned(), 1)]
@@ -584,7 +594,7 @@ fn lambda_event(payload: SqsEvent, deadline_in: Duration) -> lambda_http::Lambda
 async fn the_lambda_deadline_leaves_normal_records_alone_and_bounds_stuck_ones() {
     let s = setup().await;
     let e = event("user-a", PATIENCE, None);
-    let r = memory_consumer::function_handler(
+    let r = memory_consumer::lambda::function_handler(
         &s.consumer,
         lambda_event(batch(&[&e]), Duration::from_secs(60)),
     )
@@ -608,7 +618,7 @@ async fn the_lambda_deadline_leaves_normal_records_alone_and_bounds_stuck_ones()
         .unwrap();
     let stuck = event("user-a", "A wisdom that waits for its lock.", None);
     let started = Instant::now();
-    let r = memory_consumer::function_handler(
+    let r = memory_consumer::lambda::function_handler(
         &s.consumer,
         lambda_event(batch(&[&stuck]), Duration::from_secs(3)),
     )

@@ -53,7 +53,7 @@ async fn good_messages_are_applied_and_deleted_and_a_poison_message_ends_in_the_
                 .run(
                     move |batch| {
                         let consumer = consumer.clone();
-                        async move { handle_batch(&consumer, batch).await }
+                        async move { handle_batch(&consumer, batch).await.to_response() }
                     },
                     async {
                         let _ = stopped.await;

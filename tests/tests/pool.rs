@@ -561,7 +561,7 @@ async fn when_every_connection_is_busy_waiting_fails_within_the_wait_timeout() {
 }
 
 #[tokio::test]
-async fn start_invocation_drops_connections_older_than_the_max_age() {
+async fn begin_invocation_drops_connections_older_than_the_max_age() {
     let t = TestDb::new().await;
     let admin = t.admin().await;
     let mut cfg = t.db_config();
@@ -571,12 +571,12 @@ async fn start_invocation_drops_connections_older_than_the_max_age() {
     let old = backend_pid(&db, &attempts).await.unwrap();
 
     // Young connections are kept.
-    assert_eq!(db.start_invocation(), 0);
+    assert_eq!(shared::lambda::begin_invocation(&db), 0);
     assert_eq!(db.pool().status().size, 1);
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        db.start_invocation(),
+        shared::lambda::begin_invocation(&db),
         1,
         "the over-age connection was not dropped"
     );
@@ -608,7 +608,7 @@ async fn start_invocation_drops_connections_older_than_the_max_age() {
 }
 
 #[tokio::test]
-async fn over_age_connections_are_not_reused_even_without_start_invocation() {
+async fn over_age_connections_are_not_reused_even_without_begin_invocation() {
     let t = TestDb::new().await;
     let mut cfg = t.db_config();
     cfg.pool_max_age = Duration::from_millis(200);

@@ -18,18 +18,22 @@ use futures::StreamExt as _;
 use lambda_http::request::RequestContext;
 use lambda_http::RequestExt;
 use serde_json::json;
+use shared::aws::AwsConfig;
 use shared::config::{ConfigError, DbConfig, ElaborateConfig, Env, LlmConfig, QueueConfig};
 use shared::db::{Db, DbError};
 use shared::elaboration::{
     resolve_user, sse_stream, ElaborateRequest, Elaborator, PgNotes, RequestError, StreamEvent,
 };
 use shared::llm::LlmError;
-use shared::publish::SqsPublisher;
+use shared::publish::{Publisher, SqsPublisher};
 
 /// The one route; API Gateway REST may prefix it with the stage (`/Prod/hikmah/...`).
 pub const ROUTE: &str = "/hikmah/elaborate/stream";
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Pool size when `POOL_MAX_SIZE` is unset: an execution environment serves one request at a
+/// time, so one connection (the template's connection budget counts on it).
+pub const DEFAULT_POOL_SIZE: usize = 1;
 
 /// Everything a request needs, built once per execution environment (cheap to clone).
 #[derive(Clone, Debug)]
@@ -64,13 +68,26 @@ impl AppState {
         }
     }
 
-    /// Builds everything from the environment: config, a pool of one connection (opened now
-    /// when the database is up), the SQS client and the provider client.
+    /// The Lambda wiring: [`AppState::build`] publishing to the SQS queue `MEMORY_QUEUE_URL`.
     pub async fn from_env(env: &Env) -> Result<Self, InitError> {
+        let queue = QueueConfig::from_env(env)?;
+        let aws = AwsConfig::new();
+        let publisher = SqsPublisher::from_aws(&aws, queue).await;
+        Self::build(env, &aws, Arc::new(publisher)).await
+    }
+
+    /// The composition root (Lambda's `main` through [`AppState::from_env`], `hikmah serve`, the
+    /// benchmarks): config, a pool (one connection opened now when the database is up) and the
+    /// provider from `env`, publishing through `publisher`. `aws` is loaded only if the provider
+    /// needs it, and then shared with whatever else uses it.
+    pub async fn build(
+        env: &Env,
+        aws: &AwsConfig,
+        publisher: Arc<dyn Publisher>,
+    ) -> Result<Self, InitError> {
         let config = ElaborateConfig::from_env(env)?;
         let llm = LlmConfig::from_env(env)?;
-        let queue = QueueConfig::from_env(env)?;
-        let db_config = DbConfig::from_env(env, 1)?;
+        let db_config = DbConfig::from_env(env, DEFAULT_POOL_SIZE)?;
         let db = match Db::connect(&db_config).await {
             Ok(db) => db,
             Err(err) => {
@@ -79,8 +96,7 @@ impl AppState {
                 Db::connect_lazy(&db_config).await?
             }
         };
-        let provider = shared::llm::from_config(&llm).await?;
-        let publisher = SqsPublisher::from_env(queue).await;
+        let provider = shared::llm::from_config(&llm, aws).await?;
         tracing::info!(
             provider = provider.name(),
             model = provider.model(),
@@ -89,7 +105,7 @@ impl AppState {
         let elaborator = Elaborator::new(
             provider,
             Arc::new(PgNotes::new(db.clone())),
-            Arc::new(publisher),
+            publisher,
             config.memory_context_notes,
         );
         Ok(Self {
@@ -98,14 +114,14 @@ impl AppState {
         })
     }
 
-    /// The pool built by [`AppState::from_env`], to close at shutdown.
+    /// The pool built by [`AppState::build`], to close at shutdown.
     pub fn db(&self) -> Option<&Db> {
         self.db.as_ref()
     }
 
-    /// The elaborator behind the handler.
-    pub fn elaborator(&self) -> &Elaborator {
-        &self.elaborator
+    /// The model the provider runs (as recorded in queue messages).
+    pub fn model(&self) -> &str {
+        self.elaborator.provider().model()
     }
 }
 

@@ -1,11 +1,10 @@
 //! Lambda entry point of `elaborate`: build everything once, then serve invocations as streams.
 
 use shared::config::Env;
-use shared::telemetry::{self, LogFormat};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    telemetry::init(LogFormat::Json);
+    shared::telemetry::init_lambda();
     // Init once, before the runtime loop: config, pool (one warm connection), SQS and provider
     // clients. A failure here is an init error naming what to fix.
     let state = elaborate::AppState::from_env(&Env::process())

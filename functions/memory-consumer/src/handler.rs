@@ -1,10 +1,12 @@
-//! The SQS batch handler: every record applied (or reported failed) on its own.
+//! The SQS batch handler: every record applied (or reported failed) on its own, with why.
 //!
 //! - Each record runs on its own task, up to the pool size at once: a record that panics is a
 //!   failed record (its `JoinError` becomes the reason), never a crashed batch.
 //! - Records of one user are serialised by the store's advisory lock, not here.
-//! - A failed record's `messageId` goes into `batchItemFailures` (the event source mapping needs
-//!   `ReportBatchItemFailures`), so only it is retried and, after `maxReceiveCount`, dead-lettered.
+//! - [`handle_batch`] returns a [`BatchReport`] with each record's outcome; the Lambda adapter
+//!   ([`crate::lambda`]) turns its failures into `batchItemFailures` (the event source mapping
+//!   needs `ReportBatchItemFailures`), so only they are retried and, after `maxReceiveCount`,
+//!   dead-lettered.
 //! - FIFO queues (event source ARN ending in `.fifo`): records run in order, one at a time; at
 //!   the first failure it and every later record are reported, so order within a message group
 //!   is kept.
@@ -13,17 +15,16 @@
 //!   stalls without closing its connections fails records instead of timing out the whole
 //!   invocation (which would redeliver the successes too).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
-use lambda_runtime::LambdaEvent;
-use shared::db::Db;
-use shared::embed::Embedder;
 use shared::events::{ElaborationCompleted, EventError};
-use shared::memory::dedup::DedupPolicy;
 use shared::memory::service::{ApplyOutcome, MemoryService};
 use shared::memory::MemoryError;
+use tracing::Instrument as _;
+
+use crate::consumer::{ms, Consumer};
 
 /// Why one record failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,88 +52,51 @@ pub enum RecordError {
     SkippedAfterFifoFailure,
 }
 
-/// Everything the handler needs, built once at init and shared by every invocation.
-#[derive(Debug, Clone)]
-pub struct Consumer {
-    service: MemoryService,
-    db: Db,
-    concurrency: usize,
-    record_timeout: Option<Duration>,
+/// What happened to one record of a batch.
+#[derive(Debug)]
+pub struct RecordOutcome {
+    /// The queue's message id (empty if the record had none).
+    pub message_id: String,
+    /// What applying it did, or why it failed.
+    pub result: Result<ApplyOutcome, RecordError>,
+}
+
+/// Every record's outcome, in the batch's order.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// One per record.
+    pub records: Vec<RecordOutcome>,
+}
+
+impl BatchReport {
+    /// The records that failed, with why.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &RecordError)> {
+        self.records
+            .iter()
+            .filter_map(|r| r.result.as_ref().err().map(|e| (r.message_id.as_str(), e)))
+    }
+
+    /// Whether every record was applied (or had been before).
+    pub fn all_applied(&self) -> bool {
+        self.failures().next().is_none()
+    }
+
+    /// What Lambda's event source mapping reads (`ReportBatchItemFailures`): the failed ids.
+    pub fn to_response(&self) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        for (message_id, _) in self.failures() {
+            response.add_failure(message_id.to_owned());
+        }
+        response
+    }
 }
 
 /// Time kept back before the Lambda deadline to report the batch response (at most; a tenth of
 /// the remaining time when that is shorter, so short function timeouts still get work done).
-const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
+pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
 
-impl Consumer {
-    /// A consumer applying records through `service`, at most `concurrency` at once
-    /// (`db` is the pool behind the service: its stale connections are dropped per invocation).
-    pub fn new(service: MemoryService, db: Db, concurrency: usize) -> Self {
-        Self {
-            service,
-            db,
-            concurrency: concurrency.max(1),
-            record_timeout: None,
-        }
-    }
-
-    /// Fails a record that takes longer than `timeout` (besides the invocation's deadline).
-    pub fn with_record_timeout(mut self, timeout: Duration) -> Self {
-        self.record_timeout = Some(timeout);
-        self
-    }
-
-    /// The production wiring: default extractor, real embedder, PostgreSQL store; concurrency =
-    /// the pool's size (more records in flight would only wait for a connection).
-    pub fn postgres(db: Db, embedder: Embedder, policy: DedupPolicy) -> Self {
-        let concurrency = db.pool().status().max_size;
-        Self::new(
-            MemoryService::postgres(db.clone(), embedder, policy),
-            db,
-            concurrency,
-        )
-    }
-
-    /// Records processed at once.
-    pub fn concurrency(&self) -> usize {
-        self.concurrency
-    }
-
-    /// The pool.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-}
-
-/// The Lambda handler (`lambda_runtime::run(service_fn(|e| function_handler(&consumer, e)))`).
-/// It never fails as a whole: failures are per record, in the response.
-pub async fn function_handler(
-    consumer: &Consumer,
-    event: LambdaEvent<SqsEvent>,
-) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    // The runtime's deadline is wall-clock milliseconds; keep a margin to send the response.
-    // A deadline that is not in the future is not a real one (cargo-lambda's emulator sends the
-    // function timeout, 600000, instead of an epoch time): run without one rather than fail
-    // every record at once.
-    let remaining = event
-        .context
-        .deadline()
-        .duration_since(SystemTime::now())
-        .ok()
-        .filter(|r| !r.is_zero());
-    if remaining.is_none() {
-        tracing::warn!(
-            deadline_epoch_ms = event.context.deadline,
-            "the invocation deadline is not in the future; records run without it"
-        );
-    }
-    let deadline = remaining
-        .map(|r| tokio::time::Instant::now() + r.saturating_sub(DEADLINE_MARGIN.min(r / 10)));
-    Ok(handle_batch_until(consumer, event.payload, deadline).await)
-}
-
-/// Applies a batch and returns the message ids of the records that failed.
-pub async fn handle_batch(consumer: &Consumer, event: SqsEvent) -> SqsBatchResponse {
+/// Applies a batch and reports each record's outcome.
+pub async fn handle_batch(consumer: &Consumer, event: SqsEvent) -> BatchReport {
     handle_batch_until(consumer, event, None).await
 }
 
@@ -141,11 +105,9 @@ pub async fn handle_batch_until(
     consumer: &Consumer,
     event: SqsEvent,
     deadline: Option<tokio::time::Instant>,
-) -> SqsBatchResponse {
+) -> BatchReport {
     let started = Instant::now();
     let budget_ms = deadline.map(|d| ms(d.saturating_duration_since(tokio::time::Instant::now())));
-    // Connections older than POOL_MAX_AGE_SECS may have been closed while we were frozen.
-    let dropped_connections = consumer.db.start_invocation();
     let records = event.records;
     let total = records.len();
     let fifo = records.iter().any(|r| {
@@ -189,20 +151,20 @@ pub async fn handle_batch_until(
         results.extend(indexed.into_iter().map(|(_, id, r)| (id, r)));
     }
 
-    let mut response = SqsBatchResponse::default();
+    let report = BatchReport {
+        records: results
+            .into_iter()
+            .map(|(message_id, result)| RecordOutcome { message_id, result })
+            .collect(),
+    };
     let (mut added, mut reinforced, mut duplicates, mut redelivered) = (0u64, 0u64, 0u64, 0u64);
-    for (message_id, result) in results {
-        match result {
-            Ok(o) => {
-                added += u64::from(o.notes_added);
-                reinforced += u64::from(o.notes_reinforced);
-                duplicates += u64::from(o.duplicates);
-                redelivered += u64::from(o.already_applied);
-            }
-            Err(_) => response.add_failure(message_id),
-        }
+    for o in report.records.iter().filter_map(|r| r.result.as_ref().ok()) {
+        added += u64::from(o.notes_added);
+        reinforced += u64::from(o.notes_reinforced);
+        duplicates += u64::from(o.duplicates);
+        redelivered += u64::from(o.already_applied);
     }
-    let failed = response.batch_item_failures.len();
+    let failed = report.failures().count();
     tracing::info!(
         records = total,
         succeeded = total - failed,
@@ -212,12 +174,11 @@ pub async fn handle_batch_until(
         notes_reinforced = reinforced,
         duplicates,
         already_applied = redelivered,
-        dropped_connections,
         budget_ms,
         duration_ms = ms(started.elapsed()),
         "batch processed"
     );
-    response
+    report
 }
 
 /// The instant a record starting now must finish by.
@@ -234,21 +195,53 @@ fn limit(
     }
 }
 
-/// Parses and applies one record on its own task, logging its outcome.
+/// Parses and applies one record on its own task, inside the record's span (`message_id`,
+/// then `event_id` and `user_id` once parsed), so every line logged about it names it.
 async fn process_record(
     service: MemoryService,
     record: SqsMessage,
     until: Option<tokio::time::Instant>,
 ) -> Result<ApplyOutcome, RecordError> {
+    let span = tracing::info_span!(
+        "record",
+        message_id = record.message_id.as_deref().unwrap_or_default(),
+        event_id = tracing::field::Empty,
+        user_id = tracing::field::Empty,
+    );
+    let result = apply_record(service, record, until)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| match &result {
+        Ok(o) => tracing::info!(
+            already_applied = o.already_applied,
+            candidates = o.candidates,
+            notes_added = o.notes_added,
+            notes_reinforced = o.notes_reinforced,
+            duplicates = o.duplicates,
+            embed_ms = ms(o.embed_time),
+            db_ms = ms(o.db_time),
+            "record applied"
+        ),
+        Err(err) => tracing::warn!(error = %err, "record failed; reported for redelivery"),
+    });
+    result
+}
+
+async fn apply_record(
+    service: MemoryService,
+    record: SqsMessage,
+    until: Option<tokio::time::Instant>,
+) -> Result<ApplyOutcome, RecordError> {
     let started = tokio::time::Instant::now();
-    let message_id = record.message_id.unwrap_or_default();
     let event = match record.body.as_deref().map(ElaborationCompleted::parse) {
         Some(Ok(event)) => event,
-        Some(Err(err)) => return Err(log_failure(&message_id, None, err.into())),
-        None => return Err(log_failure(&message_id, None, RecordError::NoBody)),
+        Some(Err(err)) => return Err(err.into()),
+        None => return Err(RecordError::NoBody),
     };
-    let ids = (event.event_id.to_string(), event.user_id.to_string());
-    let mut task = tokio::spawn(async move { service.apply(&event).await });
+    let span = tracing::Span::current();
+    span.record("event_id", tracing::field::display(&event.event_id));
+    span.record("user_id", tracing::field::display(&event.user_id));
+    let mut task = tokio::spawn(async move { service.apply(&event).await }.in_current_span());
     let joined = match until {
         None => (&mut task).await,
         Some(until) => match tokio::time::timeout_at(until, &mut task).await {
@@ -257,49 +250,18 @@ async fn process_record(
                 // Dropping the work rolls its transaction back (or, if COMMIT was already
                 // sent, the redelivery finds the processed_events row): safe either way.
                 task.abort();
-                return Err(log_failure(
-                    &message_id,
-                    Some(&ids),
-                    RecordError::TimedOut(started.elapsed()),
-                ));
+                return Err(RecordError::TimedOut(started.elapsed()));
             }
         },
     };
-    let result = match joined {
+    match joined {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(err)) => Err(RecordError::Memory(err)),
         Err(join) if join.is_panic() => {
             Err(RecordError::Panicked(panic_message(join.into_panic())))
         }
         Err(_) => Err(RecordError::Cancelled),
-    };
-    match result {
-        Ok(o) => {
-            tracing::info!(
-                message_id,
-                event_id = %o.event_id,
-                user_id = %o.user_id,
-                already_applied = o.already_applied,
-                candidates = o.candidates,
-                notes_added = o.notes_added,
-                notes_reinforced = o.notes_reinforced,
-                duplicates = o.duplicates,
-                embed_ms = ms(o.embed_time),
-                db_ms = ms(o.db_time),
-                "record applied"
-            );
-            Ok(o)
-        }
-        Err(err) => Err(log_failure(&message_id, Some(&ids), err)),
     }
-}
-
-fn log_failure(message_id: &str, ids: Option<&(String, String)>, err: RecordError) -> RecordError {
-    let (event_id, user_id) = ids
-        .map(|(e, u)| (e.as_str(), u.as_str()))
-        .unwrap_or_default();
-    tracing::warn!(message_id, event_id, user_id, error = %err, "record failed; reported for redelivery");
-    err
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -310,8 +272,4 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     } else {
         "non-string panic payload".to_owned()
     }
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1e5).round() / 100.0
 }

@@ -4,10 +4,11 @@
 //! becomes visible again after the visibility timeout, and the queue's redrive policy moves it
 //! to the DLQ after `maxReceiveCount` receives: the same semantics as in AWS.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::sqs::Received;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage, SqsMessageAttribute};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
@@ -107,17 +108,6 @@ impl Poller {
     /// The queue's ARN.
     pub fn queue_arn(&self) -> &str {
         &self.queue_arn
-    }
-
-    /// Receives one batch (waiting up to the long-poll time), runs `handler` on it if it is not
-    /// empty, and deletes the messages not reported as failed.
-    pub async fn poll_once<F, Fut>(&self, handler: &F) -> Result<PollReport, PollerError>
-    where
-        F: Fn(SqsEvent) -> Fut,
-        Fut: Future<Output = SqsBatchResponse>,
-    {
-        let messages = self.receive().await?;
-        self.handle(messages, handler).await
     }
 
     /// Polls until `shutdown` completes. A batch being handled is finished (and its successes
@@ -240,20 +230,23 @@ impl Poller {
     }
 
     /// The event Lambda would build from these messages.
-    pub fn to_event(&self, messages: Vec<Message>) -> SqsEvent {
-        let mut event = SqsEvent::default();
-        event.records = messages.into_iter().map(|m| self.to_record(m)).collect();
-        event
+    fn to_event(&self, messages: Vec<Message>) -> SqsEvent {
+        crate::sqs::event(messages.into_iter().map(|m| self.to_record(m)))
     }
 
     fn to_record(&self, m: Message) -> SqsMessage {
-        let mut r = SqsMessage::default();
-        r.attributes = m
-            .attributes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v))
-            .collect::<HashMap<_, _>>();
+        let received = Received {
+            message_id: m.message_id.unwrap_or_default(),
+            receipt_handle: m.receipt_handle,
+            body: m.body.unwrap_or_default(),
+            attributes: m
+                .attributes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v))
+                .collect(),
+        };
+        let mut r = crate::sqs::record(received, &self.queue_arn, &self.region);
         r.message_attributes = m
             .message_attributes
             .unwrap_or_default()
@@ -266,14 +259,8 @@ impl Poller {
                 (k, a)
             })
             .collect();
-        r.message_id = m.message_id;
-        r.receipt_handle = m.receipt_handle;
-        r.body = m.body;
         r.md5_of_body = m.md5_of_body;
         r.md5_of_message_attributes = m.md5_of_message_attributes;
-        r.event_source_arn = Some(self.queue_arn.clone());
-        r.event_source = Some("aws:sqs".into());
-        r.aws_region = Some(self.region.clone());
         r
     }
 }

@@ -6,11 +6,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use aws_lambda_events::event::cloudformation::CloudFormationCustomResourceRequest;
 use lambda_runtime::{service_fn, LambdaEvent};
 use shared::config::Env;
-use shared::telemetry::{self, LogFormat};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    telemetry::init(LogFormat::Json);
+    shared::telemetry::init_lambda();
     // Nothing that can fail on configuration happens here: a bad DB_SECRET_ARN must still be
     // reported to CloudFormation (as FAILED), which only the handler can do.
     let http = reqwest::Client::builder()

@@ -5,9 +5,10 @@
 //!
 //! - [`RecyclingMethod::Verified`]: a real round trip before a pooled connection is reused
 //!   (like SQLAlchemy's `pool_pre_ping`), bounded by the recycle timeout;
-//! - [`Db::start_invocation`] drops connections older than `POOL_MAX_AGE_SECS` at the start of
-//!   each invocation (like `pool_recycle`: no background task runs while an environment is
-//!   frozen), and a pre-recycle hook does the same for long-running processes;
+//! - [`Db::drop_aged_connections`] drops connections older than `POOL_MAX_AGE_SECS`; Lambda
+//!   handlers call it through [`crate::lambda::begin_invocation`] at each invocation's entry
+//!   (like `pool_recycle`: no background task runs while an environment is frozen), and a
+//!   pre-recycle hook does the same for long-running processes;
 //! - [`Db::run`] retries a unit of work once, on a fresh connection, when it failed on a
 //!   connection-class error ([`ConnectionClass`]);
 //! - wait / create / recycle timeouts, a connect timeout, a server-side `statement_timeout`
@@ -15,7 +16,8 @@
 //!   timeout.
 //!
 //! Credentials come from `DATABASE_URL`, or in AWS from a Secrets Manager secret read through
-//! the Parameters and Secrets Lambda Extension (see [`secret`]). `sslmode=require` (always for
+//! the Parameters and Secrets Lambda Extension (see
+//! [`crate::lambda::secrets_extension`]). `sslmode=require` (always for
 //! a secret, as RDS requires TLS) connects with rustls, verifying the server certificate
 //! against `PGSSLROOTCERT` when set (see [`tls`]).
 
@@ -38,7 +40,6 @@ use tokio_postgres::NoTls;
 use crate::config::{DbConfig, DbSource};
 
 mod migrate;
-pub mod secret;
 pub mod tls;
 
 pub use migrate::{
@@ -334,7 +335,9 @@ impl Db {
                     DbError::Config(format!("DATABASE_URL cannot be parsed ([redacted]): {e}"))
                 })?,
             DbSource::SecretArn(arn) => {
-                let secret = secret::fetch_rds_secret(arn, cfg.connect_timeout).await?;
+                let secret =
+                    crate::lambda::secrets_extension::fetch_rds_secret(arn, cfg.connect_timeout)
+                        .await?;
                 secret.to_pg_config()
             }
         };
@@ -375,7 +378,7 @@ impl Db {
             .wait_timeout(Some(cfg.wait_timeout))
             .create_timeout(Some(cfg.connect_timeout))
             .recycle_timeout(Some(cfg.recycle_timeout))
-            // Long-running processes (the local runner, the CLI) never call start_invocation:
+            // Long-running processes (the local runner, the CLI) have no invocations:
             // refuse to reuse an over-age connection here too; the pool then opens a new one.
             .pre_recycle(Hook::sync_fn(move |_, metrics| {
                 if metrics.age() > max_age {
@@ -400,10 +403,8 @@ impl Db {
         })
     }
 
-    /// Call at the start of every invocation: drops pooled connections older than
-    /// `POOL_MAX_AGE_SECS` (no background task can do it while the environment is frozen).
-    /// Returns how many were dropped.
-    pub fn start_invocation(&self) -> usize {
+    /// Drops pooled connections older than `POOL_MAX_AGE_SECS`; returns how many were dropped.
+    pub fn drop_aged_connections(&self) -> usize {
         let max_age = self.inner.max_age;
         let removed = self
             .pool

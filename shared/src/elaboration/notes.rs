@@ -44,8 +44,6 @@ impl NotesSource for PgNotes {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<String>, DbError>> {
         Box::pin(async move {
-            // One invocation serves one request here, so this is the invocation's start.
-            self.db.start_invocation();
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             // A read-only query: always safe to repeat on `run`'s one retry.
             self.db

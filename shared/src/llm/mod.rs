@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 
+use crate::aws::AwsConfig;
 use crate::config::LlmConfig;
 
 pub mod bedrock;
@@ -113,17 +114,21 @@ impl LlmError {
     }
 }
 
-/// Builds the configured provider once, at init (Bedrock loads the AWS configuration).
-pub async fn from_config(cfg: &LlmConfig) -> Result<Arc<dyn LlmProvider>, LlmError> {
+/// Builds the configured provider once, at init (Bedrock uses the process's AWS configuration).
+pub async fn from_config(
+    cfg: &LlmConfig,
+    aws: &AwsConfig,
+) -> Result<Arc<dyn LlmProvider>, LlmError> {
     Ok(match cfg {
         LlmConfig::OpenAi { .. } => Arc::new(OpenAiProvider::new(cfg)?),
         LlmConfig::Bedrock {
             model,
             idle_timeout,
-        } => {
-            let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            Arc::new(BedrockProvider::new(&sdk, model.clone(), *idle_timeout))
-        }
+        } => Arc::new(BedrockProvider::new(
+            aws.get().await,
+            model.clone(),
+            *idle_timeout,
+        )),
         LlmConfig::Offline => Arc::new(OfflineProvider::default()),
     })
 }

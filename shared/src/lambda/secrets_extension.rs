@@ -1,7 +1,7 @@
 //! Database credentials from AWS Secrets Manager, through the AWS Parameters and Secrets Lambda
 //! Extension.
 //!
-//! With `DB_SECRET_ARN` set (and no `DATABASE_URL`), [`super::Db::connect`] asks the extension,
+//! With `DB_SECRET_ARN` set (and no `DATABASE_URL`), [`crate::db::Db::connect`] asks the extension,
 //! which caches the secret inside the execution environment:
 //!
 //! ```text
@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::DbError;
 use crate::config::Secret;
+use crate::db::DbError;
 
 /// Default port of the Parameters and Secrets Lambda Extension.
 pub const EXTENSION_DEFAULT_PORT: u16 = 2773;

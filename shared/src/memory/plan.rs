@@ -82,8 +82,8 @@ enum Origin {
 
 /// The actions for `candidates` (one per candidate, in order) against the user's `known` notes.
 pub fn plan(policy: &DedupPolicy, known: &[KnownNote], candidates: &[Candidate]) -> Vec<Action> {
-    // The order matters: `best_match` keeps the first of equal cosines, and the SQL adapter
-    // compared stored notes (in load order) before the record's own inserts.
+    // Stored notes come first and `best_match` keeps the first of equal cosines, so a tie
+    // reinforces the stored note rather than counting as a repeat of this event.
     let mut notes: Vec<(NoteRef<'_>, Origin)> = Vec::with_capacity(known.len() + candidates.len());
     notes.extend(known.iter().map(|k| {
         (

@@ -146,11 +146,6 @@ impl Embedding {
     pub fn as_slice(&self) -> &[f32] {
         &self.0
     }
-
-    /// The components, owned.
-    pub fn into_vec(self) -> Vec<f32> {
-        self.0
-    }
 }
 
 impl fmt::Debug for Embedding {

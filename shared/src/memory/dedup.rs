@@ -95,7 +95,7 @@ pub struct NoteRef<'a> {
 ///
 /// The model does not know transliterated Arabic terms (`sabr` becomes meaningless word pieces,
 /// so `sabr is half of faith` and `shukr is half of faith` look alike to it), so each known term
-/// is replaced by its English meaning before embedding ([`GLOSSARY`]). Whitespace is collapsed
+/// is replaced by its English meaning before embedding (the concepts table). Whitespace is collapsed
 /// and a final `.` or `!` dropped: a trailing period alone moves this model's cosine by > 0.1.
 /// The stored note keeps its original text.
 pub fn embedding_text(note: &str) -> String {
@@ -113,8 +113,8 @@ pub fn embedding_text(note: &str) -> String {
                 return word.to_owned();
             }
             let core = normalize(&word[start..end]);
-            match GLOSSARY.iter().find(|(term, _)| *term == core) {
-                Some((_, meaning)) => format!("{}{meaning}{}", &word[..start], &word[end..]),
+            match gloss(&core) {
+                Some(meaning) => format!("{}{meaning}{}", &word[..start], &word[end..]),
                 None => word.to_owned(),
             }
         })
@@ -126,40 +126,237 @@ pub fn embedding_text(note: &str) -> String {
     text
 }
 
-/// Transliterated terms (after [`normalize`]) and the English the model understands.
-pub const GLOSSARY: &[(&str, &str)] = &[
-    ("sabr", "patience"),
-    ("shukr", "gratitude"),
-    ("tawakkul", "trust in Allah"),
-    ("dhikr", "remembrance of Allah"),
-    ("zikr", "remembrance of Allah"),
-    ("dua", "supplication"),
-    ("duas", "supplications"),
-    ("tawbah", "repentance"),
-    ("tawba", "repentance"),
-    ("sadaqah", "charity"),
-    ("sadaqa", "charity"),
-    ("zakat", "obligatory charity"),
-    ("zakah", "obligatory charity"),
-    ("salah", "prayer"),
-    ("salat", "prayer"),
-    ("sawm", "fasting"),
-    ("ikhlas", "sincerity"),
-    ("taqwa", "God-consciousness"),
-    ("ihsan", "excellence in worship"),
-    ("rahmah", "mercy"),
-    ("ilm", "knowledge"),
-    ("qanaah", "contentment"),
-    ("niyyah", "intention"),
-    ("niyya", "intention"),
-    ("hasad", "envy"),
-    ("ghibah", "backbiting"),
-    ("akhirah", "the hereafter"),
-    ("dunya", "this world"),
-    ("jannah", "paradise"),
-    ("iman", "faith"),
-    ("hikmah", "wisdom"),
+/// A key concept: the English words that name it, and its transliterated terms, each with the
+/// English the model is given instead of it.
+struct Concept {
+    /// Its name, as the different-concept guard compares it.
+    name: &'static str,
+    /// Whether the different-concept guard compares it (see [`gloss_only`]).
+    guarded: bool,
+    /// English words naming it, as they are after [`normalize`].
+    english: &'static [&'static str],
+    /// Transliterated terms (after [`normalize`]) and their English gloss for the embedder.
+    transliterations: &'static [(&'static str, &'static str)],
+}
+
+impl Concept {
+    fn is_named_by(&self, token: &str) -> bool {
+        self.english.contains(&token) || self.transliterations.iter().any(|(t, _)| *t == token)
+    }
+}
+
+/// A concept both glossed for the embedder and compared by the different-concept guard.
+const fn concept(
+    name: &'static str,
+    english: &'static [&'static str],
+    transliterations: &'static [(&'static str, &'static str)],
+) -> Concept {
+    Concept {
+        name,
+        guarded: true,
+        english,
+        transliterations,
+    }
+}
+
+/// Terms glossed for the embedder but not compared by the different-concept guard: they usually
+/// frame a note (half of *iman*, the *akhirah*) rather than name its point, no labelled pair
+/// was tuned with them as concepts, and `dunya`/`akhirah`/`jannah` are opposite terms already.
+const fn gloss_only(
+    name: &'static str,
+    transliterations: &'static [(&'static str, &'static str)],
+) -> Concept {
+    Concept {
+        name,
+        guarded: false,
+        english: &[],
+        transliterations,
+    }
+}
+
+/// The one table of key concepts: [`embedding_text`] glosses every transliterated term in it,
+/// and the different-concept guard compares the guarded ones (English or transliterated).
+/// `ramadan` is listed as English: the model knows it.
+const CONCEPTS: &[Concept] = &[
+    concept(
+        "patience",
+        &[
+            "patience",
+            "patient",
+            "patiently",
+            "persevere",
+            "perseverance",
+            "steadfast",
+            "steadfastness",
+            "endure",
+            "endurance",
+            "forbearance",
+        ],
+        &[("sabr", "patience")],
+    ),
+    concept(
+        "gratitude",
+        &[
+            "gratitude",
+            "grateful",
+            "gratefully",
+            "thankful",
+            "thankfulness",
+            "thanks",
+            "thank",
+            "thanking",
+        ],
+        &[("shukr", "gratitude")],
+    ),
+    concept(
+        "trust",
+        &[
+            "trust", "trusting", "trusts", "reliance", "rely", "relies", "relying",
+        ],
+        &[("tawakkul", "trust in Allah")],
+    ),
+    concept(
+        "repentance",
+        &["repentance", "repent", "repenting", "repents"],
+        &[("tawbah", "repentance"), ("tawba", "repentance")],
+    ),
+    concept(
+        "remembrance",
+        &["remembrance"],
+        &[
+            ("dhikr", "remembrance of Allah"),
+            ("zikr", "remembrance of Allah"),
+        ],
+    ),
+    concept(
+        "prayer",
+        &["prayer", "prayers", "pray", "praying", "prays"],
+        &[("salah", "prayer"), ("salat", "prayer")],
+    ),
+    concept(
+        "supplication",
+        &["supplication", "supplicate"],
+        &[("dua", "supplication"), ("duas", "supplications")],
+    ),
+    concept(
+        "charity",
+        &["charity", "charitable", "alms"],
+        &[
+            ("sadaqah", "charity"),
+            ("sadaqa", "charity"),
+            ("zakat", "obligatory charity"),
+            ("zakah", "obligatory charity"),
+        ],
+    ),
+    concept(
+        "fasting",
+        &["fasting", "fast", "fasts", "ramadan"],
+        &[("sawm", "fasting"), ("siyam", "fasting")],
+    ),
+    concept(
+        "forgiveness",
+        &[
+            "forgive",
+            "forgives",
+            "forgiving",
+            "forgiveness",
+            "forgiven",
+            "pardon",
+        ],
+        &[("maghfirah", "forgiveness")],
+    ),
+    concept(
+        "humility",
+        &["humility", "humble", "humbly"],
+        &[("tawadu", "humility")],
+    ),
+    concept(
+        "sincerity",
+        &["sincerity", "sincere", "sincerely"],
+        &[("ikhlas", "sincerity")],
+    ),
+    concept(
+        "mercy",
+        &["mercy", "merciful", "compassion", "compassionate"],
+        &[("rahmah", "mercy")],
+    ),
+    concept(
+        "knowledge",
+        &["knowledge", "learning", "learn", "scholar", "scholars"],
+        &[("ilm", "knowledge")],
+    ),
+    concept(
+        "contentment",
+        &["contentment", "content", "contented"],
+        &[("qanaah", "contentment")],
+    ),
+    concept(
+        "piety",
+        &["piety", "pious", "godfearing"],
+        &[("taqwa", "God-consciousness")],
+    ),
+    concept(
+        "honesty",
+        &["honesty", "honest", "truthfulness", "truthful"],
+        &[("sidq", "truthfulness")],
+    ),
+    concept(
+        "justice",
+        &["justice", "just", "fairness", "fair"],
+        &[("adl", "justice")],
+    ),
+    concept(
+        "kindness",
+        &["kindness", "kind", "gentle", "gentleness"],
+        &[("rifq", "gentleness")],
+    ),
+    concept(
+        "parents",
+        &[
+            "parents", "parent", "mother", "father", "mothers", "fathers",
+        ],
+        &[],
+    ),
+    concept("anger", &["anger", "angry", "rage"], &[("ghadab", "anger")]),
+    concept(
+        "envy",
+        &["envy", "envious", "jealousy", "jealous"],
+        &[("hasad", "envy")],
+    ),
+    concept(
+        "backbiting",
+        &["backbiting", "backbite", "gossip"],
+        &[("ghibah", "backbiting")],
+    ),
+    concept(
+        "intention",
+        &["intention", "intentions"],
+        &[("niyyah", "intention"), ("niyya", "intention")],
+    ),
+    concept("hope", &["hope", "hopes", "hopeful"], &[("raja", "hope")]),
+    concept("fear", &["fear", "fears", "afraid"], &[("khawf", "fear")]),
+    concept("death", &["death", "grave", "dying"], &[]),
+    concept(
+        "wealth",
+        &["wealth", "money", "riches", "provision", "sustenance"],
+        &[("rizq", "provision")],
+    ),
+    gloss_only("excellence", &[("ihsan", "excellence in worship")]),
+    gloss_only("faith", &[("iman", "faith")]),
+    gloss_only("wisdom", &[("hikmah", "wisdom")]),
+    gloss_only("hereafter", &[("akhirah", "the hereafter")]),
+    gloss_only("this world", &[("dunya", "this world")]),
+    gloss_only("paradise", &[("jannah", "paradise")]),
 ];
+
+/// The English gloss of a transliterated term (after [`normalize`]), if it is in `CONCEPTS`.
+fn gloss(term: &str) -> Option<&'static str> {
+    CONCEPTS
+        .iter()
+        .flat_map(|c| c.transliterations)
+        .find(|(t, _)| *t == term)
+        .map(|(_, english)| *english)
+}
 
 /// The duplicate decision with its threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -452,162 +649,11 @@ fn opposite_terms(a: &[&str], b: &[&str]) -> bool {
         .any(|(p, q)| (only(a, b, p) && only(b, a, q)) || (only(a, b, q) && only(b, a, p)))
 }
 
-/// Key concepts, each with its English and transliterated words.
-const CONCEPTS: &[(&str, &[&str])] = &[
-    (
-        "patience",
-        &[
-            "sabr",
-            "patience",
-            "patient",
-            "patiently",
-            "persevere",
-            "perseverance",
-            "steadfast",
-            "steadfastness",
-            "endure",
-            "endurance",
-            "forbearance",
-        ],
-    ),
-    (
-        "gratitude",
-        &[
-            "shukr",
-            "gratitude",
-            "grateful",
-            "gratefully",
-            "thankful",
-            "thankfulness",
-            "thanks",
-            "thank",
-            "thanking",
-        ],
-    ),
-    (
-        "trust",
-        &[
-            "tawakkul", "trust", "trusting", "trusts", "reliance", "rely", "relies", "relying",
-        ],
-    ),
-    (
-        "repentance",
-        &[
-            "tawbah",
-            "tawba",
-            "repentance",
-            "repent",
-            "repenting",
-            "repents",
-        ],
-    ),
-    ("remembrance", &["dhikr", "zikr", "remembrance"]),
-    (
-        "prayer",
-        &[
-            "salah", "salat", "prayer", "prayers", "pray", "praying", "prays",
-        ],
-    ),
-    (
-        "supplication",
-        &["dua", "duas", "supplication", "supplicate"],
-    ),
-    (
-        "charity",
-        &[
-            "sadaqah",
-            "sadaqa",
-            "zakat",
-            "zakah",
-            "charity",
-            "charitable",
-            "alms",
-        ],
-    ),
-    (
-        "fasting",
-        &["sawm", "siyam", "fasting", "fast", "fasts", "ramadan"],
-    ),
-    (
-        "forgiveness",
-        &[
-            "forgive",
-            "forgives",
-            "forgiving",
-            "forgiveness",
-            "forgiven",
-            "pardon",
-            "maghfirah",
-        ],
-    ),
-    ("humility", &["humility", "humble", "humbly", "tawadu"]),
-    (
-        "sincerity",
-        &["ikhlas", "sincerity", "sincere", "sincerely"],
-    ),
-    (
-        "mercy",
-        &["rahmah", "mercy", "merciful", "compassion", "compassionate"],
-    ),
-    (
-        "knowledge",
-        &[
-            "ilm",
-            "knowledge",
-            "learning",
-            "learn",
-            "scholar",
-            "scholars",
-        ],
-    ),
-    (
-        "contentment",
-        &["qanaah", "contentment", "content", "contented"],
-    ),
-    ("piety", &["taqwa", "piety", "pious", "godfearing"]),
-    (
-        "honesty",
-        &["sidq", "honesty", "honest", "truthfulness", "truthful"],
-    ),
-    ("justice", &["adl", "justice", "just", "fairness", "fair"]),
-    (
-        "kindness",
-        &["kindness", "kind", "gentle", "gentleness", "rifq"],
-    ),
-    (
-        "parents",
-        &[
-            "parents", "parent", "mother", "father", "mothers", "fathers",
-        ],
-    ),
-    ("anger", &["anger", "angry", "ghadab", "rage"]),
-    ("envy", &["hasad", "envy", "envious", "jealousy", "jealous"]),
-    (
-        "backbiting",
-        &["ghibah", "backbiting", "backbite", "gossip"],
-    ),
-    ("intention", &["niyyah", "niyya", "intention", "intentions"]),
-    ("hope", &["raja", "hope", "hopes", "hopeful"]),
-    ("fear", &["khawf", "fear", "fears", "afraid"]),
-    ("death", &["death", "grave", "dying"]),
-    (
-        "wealth",
-        &[
-            "wealth",
-            "money",
-            "riches",
-            "rizq",
-            "provision",
-            "sustenance",
-        ],
-    ),
-];
-
 fn concepts(tokens: &[&str]) -> BTreeSet<&'static str> {
     CONCEPTS
         .iter()
-        .filter(|(_, words)| tokens.iter().any(|t| words.contains(t)))
-        .map(|(name, _)| *name)
+        .filter(|c| c.guarded && tokens.iter().any(|t| c.is_named_by(t)))
+        .map(|c| c.name)
         .collect()
 }
 
@@ -790,6 +836,27 @@ mod tests {
         );
         assert_eq!(embedding_text("Why sabr?"), "Why patience?");
         assert_eq!(embedding_text("Sabrina smiled."), "Sabrina smiled");
+    }
+
+    #[test]
+    fn every_transliterated_term_of_the_concepts_is_glossed_before_embedding() {
+        for (term, english) in CONCEPTS.iter().flat_map(|c| c.transliterations) {
+            assert_eq!(embedding_text(term), *english, "{term}");
+        }
+        assert_eq!(
+            embedding_text("Siyām, ṣidq and rifq."),
+            "fasting, truthfulness and gentleness"
+        );
+    }
+
+    #[test]
+    fn a_transliterated_term_names_its_concept_for_the_guard() {
+        assert_eq!(concepts(&["sidq"]), concepts(&["honesty"]));
+        assert_eq!(concepts(&["khawf", "raja"]), concepts(&["fear", "hope"]));
+        assert!(
+            concepts(&["iman", "akhirah"]).is_empty(),
+            "gloss-only terms"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod dedup;
 pub mod error;
 pub mod extract;
 pub mod normalize;
+pub mod plan;
 pub mod service;
 pub mod store;
 

@@ -11,7 +11,8 @@ use crate::events::ElaborationCompleted;
 use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, NoteRef};
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
 use crate::memory::normalize::content_hash;
-use crate::memory::store::{Candidate, MemoryStore, PgMemoryStore, PreparedRecord};
+use crate::memory::plan::Candidate;
+use crate::memory::store::{MemoryStore, PgMemoryStore, PreparedRecord};
 use crate::memory::MemoryError;
 use crate::types::{Embedding, EventId, UserId};
 

@@ -5,10 +5,10 @@
 //!    concurrent invocations and consumers), records of different users run in parallel;
 //! 2. `INSERT INTO processed_events ... ON CONFLICT DO NOTHING`: a conflict means the event was
 //!    already applied (a redelivery), so the record succeeds and nothing else changes;
-//! 3. the user's notes are loaded and each candidate is decided with [`DedupPolicy`] against
-//!    them and against the record's earlier candidates;
-//! 4. new notes are inserted; a matched note is reinforced (`times_seen + 1`, `last_seen_at`),
-//!    at most once per event;
+//! 3. the user's notes are loaded and [`plan`] decides each candidate (insert, reinforce a
+//!    note at most once per event, or skip a repeat);
+//! 4. the plan is executed: new notes are inserted, matched notes reinforced (`times_seen + 1`,
+//!    `last_seen_at`);
 //! 5. the counts are written to the `processed_events` row, and the transaction commits.
 //!
 //! A failure anywhere rolls everything back (including the `processed_events` row), so the
@@ -17,20 +17,10 @@
 use futures::future::BoxFuture;
 
 use crate::db::{Client, Db};
-use crate::memory::dedup::{DedupPolicy, NoteRef};
+use crate::memory::dedup::DedupPolicy;
+use crate::memory::plan::{plan, Action, Candidate, KnownNote};
 use crate::memory::MemoryError;
 use crate::types::{Embedding, EventId, NoteId, UserId};
-
-/// A candidate note, ready to be stored.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    /// The note text.
-    pub text: String,
-    /// [`content_hash`](super::normalize::content_hash) of the text.
-    pub content_hash: String,
-    /// Embedding of [`embedding_text`](super::dedup::embedding_text) of the text.
-    pub embedding: Embedding,
-}
 
 /// One event's candidates, ready to be applied.
 #[derive(Debug, Clone)]
@@ -83,11 +73,6 @@ impl PgMemoryStore {
         Self { db, policy }
     }
 
-    /// The pool.
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// Runs the record's transaction through [`Db::run`], which retries it once on a fresh
     /// connection after a connection-class failure: the transaction did not commit, or, if only
     /// its COMMIT reply was lost, the retry finds the `processed_events` row and changes nothing.
@@ -106,18 +91,6 @@ impl MemoryStore for PgMemoryStore {
     ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>> {
         Box::pin(self.apply_with_retry(record))
     }
-}
-
-/// A note of the user, as loaded for the decision.
-struct Known {
-    id: NoteId,
-    text: String,
-    content_hash: String,
-    embedding: Embedding,
-    /// Inserted by this record (a match is a duplicate among the record's own candidates).
-    from_this_record: bool,
-    /// Already reinforced by this record (reinforce at most once per event).
-    reinforced: bool,
 }
 
 async fn apply_in_transaction(
@@ -157,85 +130,59 @@ async fn apply_in_transaction(
         )
         .await
         .map_err(db)?;
-    let mut known = Vec::with_capacity(rows.len() + record.candidates.len());
+    let mut known = Vec::with_capacity(rows.len());
     for row in rows {
-        let id: i64 = row.try_get(0).map_err(db)?;
+        let id = NoteId(row.try_get(0).map_err(db)?);
         let raw: Vec<f32> = row.try_get(3).map_err(db)?;
-        let embedding = Embedding::from_stored(raw).map_err(|source| MemoryError::CorruptNote {
-            id: NoteId(id),
-            source,
-        })?;
-        known.push(Known {
-            id: NoteId(id),
+        let embedding = Embedding::from_stored(raw)
+            .map_err(|source| MemoryError::CorruptNote { id, source })?;
+        known.push(KnownNote {
+            id,
             text: row.try_get(1).map_err(db)?,
             content_hash: row.try_get(2).map_err(db)?,
             embedding,
-            from_this_record: false,
-            reinforced: false,
         });
     }
 
     let mut outcome = StoreOutcome::default();
-    for candidate in &record.candidates {
-        let cand = NoteRef {
-            text: &candidate.text,
-            content_hash: &candidate.content_hash,
-            embedding: &candidate.embedding,
-        };
-        let existing = known.iter().enumerate().map(|(i, k)| {
-            (
-                i,
-                NoteRef {
-                    text: &k.text,
-                    content_hash: &k.content_hash,
-                    embedding: &k.embedding,
-                },
-            )
-        });
-        if let Some((index, _decision)) = policy.best_match(cand, existing) {
-            outcome.duplicates += 1;
-            let note = &mut known[index];
-            if !note.from_this_record && !note.reinforced {
+    let actions = plan(policy, &known, &record.candidates);
+    for (candidate, action) in record.candidates.iter().zip(actions) {
+        match action {
+            Action::Insert => {
+                // Every stored hash of the user was compared under the lock, so a conflict
+                // means a row written without the lock since the load: the same note
+                // (same hash), so it is reinforced instead.
+                let row = tx
+                    .query_one(
+                        "INSERT INTO memory_notes (user_id, content, content_hash, embedding, source_event_id) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (user_id, content_hash) \
+                         DO UPDATE SET times_seen = memory_notes.times_seen + 1, last_seen_at = now() \
+                         RETURNING (xmax = 0) AS inserted",
+                        &[&user, &candidate.text, &candidate.content_hash, &candidate.embedding.as_slice(), &event],
+                    )
+                    .await
+                    .map_err(db)?;
+                let fresh: bool = row.try_get(0).map_err(db)?;
+                if fresh {
+                    outcome.notes_added += 1;
+                } else {
+                    outcome.duplicates += 1;
+                    outcome.notes_reinforced += 1;
+                }
+            }
+            Action::Reinforce { note, .. } => {
                 tx.execute(
                     "UPDATE memory_notes SET times_seen = times_seen + 1, last_seen_at = now() WHERE id = $1",
-                    &[&note.id.0],
+                    &[&note.0],
                 )
                 .await
                 .map_err(db)?;
-                note.reinforced = true;
+                outcome.duplicates += 1;
                 outcome.notes_reinforced += 1;
             }
-            continue;
+            Action::Skip { .. } => outcome.duplicates += 1,
         }
-        // The user lock makes a conflict impossible unless a stored hash was computed by an
-        // older normalisation; then the row is the same note, so reinforce it.
-        let row = tx
-            .query_one(
-                "INSERT INTO memory_notes (user_id, content, content_hash, embedding, source_event_id) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (user_id, content_hash) \
-                 DO UPDATE SET times_seen = memory_notes.times_seen + 1, last_seen_at = now() \
-                 RETURNING id, (xmax = 0) AS inserted",
-                &[&user, &candidate.text, &candidate.content_hash, &candidate.embedding.as_slice(), &event],
-            )
-            .await
-            .map_err(db)?;
-        let id: i64 = row.try_get(0).map_err(db)?;
-        let fresh: bool = row.try_get(1).map_err(db)?;
-        if fresh {
-            outcome.notes_added += 1;
-        } else {
-            outcome.duplicates += 1;
-            outcome.notes_reinforced += 1;
-        }
-        known.push(Known {
-            id: NoteId(id),
-            text: candidate.text.clone(),
-            content_hash: candidate.content_hash.clone(),
-            embedding: candidate.embedding.clone(),
-            from_this_record: fresh,
-            reinforced: !fresh,
-        });
     }
 
     let added = i32::try_from(outcome.notes_added).unwrap_or(i32::MAX);

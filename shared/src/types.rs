@@ -78,11 +78,6 @@ impl EventId {
         Self(Uuid::now_v7())
     }
 
-    /// Wraps an existing UUID.
-    pub fn from_uuid(id: Uuid) -> Self {
-        Self(id)
-    }
-
     /// The underlying UUID.
     pub fn as_uuid(&self) -> Uuid {
         self.0

@@ -1,4 +1,6 @@
 //! Support for hikmah's end-to-end tests: real PostgreSQL databases, moto, the model files.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod bins;
 pub mod events;
 pub mod fake_llm;

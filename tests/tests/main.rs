@@ -3,6 +3,8 @@
 //! PostgreSQL, moto's SQS server, the real ONNX model and cargo-lambda's runtime emulator;
 //! the only fakes are LLM providers speaking their real wire formats. Support code is in the
 //! `hikmah-tests` library beside this binary.
+// Test code: a failed unwrap is a failed test, with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bedrock;
 mod cli;

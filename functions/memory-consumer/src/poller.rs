@@ -14,6 +14,9 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
 };
 
+/// Messages per receive: the event source mapping's default batch size (and SQS's maximum).
+const BATCH_SIZE: i32 = 10;
+
 /// Why the poller could not talk to the queue.
 #[derive(Debug, thiserror::Error)]
 pub enum PollerError {
@@ -48,8 +51,6 @@ pub struct Poller {
     queue_arn: String,
     region: String,
     wait_time: Duration,
-    max_messages: i32,
-    visibility_timeout: Option<Duration>,
 }
 
 impl Poller {
@@ -82,26 +83,12 @@ impl Poller {
             queue_arn,
             region,
             wait_time: Duration::from_secs(20),
-            max_messages: 10,
-            visibility_timeout: None,
         })
     }
 
     /// Long-poll wait per receive (0..=20 s; default 20 s).
     pub fn with_wait_time(mut self, wait: Duration) -> Self {
         self.wait_time = wait.min(Duration::from_secs(20));
-        self
-    }
-
-    /// Messages per batch (1..=10; default 10, the event source mapping's default).
-    pub fn with_batch_size(mut self, n: i32) -> Self {
-        self.max_messages = n.clamp(1, 10);
-        self
-    }
-
-    /// Visibility timeout of received messages (default: the queue's own).
-    pub fn with_visibility_timeout(mut self, timeout: Duration) -> Self {
-        self.visibility_timeout = Some(timeout);
         self
     }
 
@@ -150,18 +137,14 @@ impl Poller {
     }
 
     async fn receive(&self) -> Result<Vec<Message>, PollerError> {
-        let mut req = self
+        let out = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(self.max_messages)
+            .max_number_of_messages(BATCH_SIZE)
             .wait_time_seconds(i32::try_from(self.wait_time.as_secs()).unwrap_or(20))
             .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All");
-        if let Some(v) = self.visibility_timeout {
-            req = req.visibility_timeout(i32::try_from(v.as_secs()).unwrap_or(i32::MAX));
-        }
-        let out = req
+            .message_attribute_names("All")
             .send()
             .await
             .map_err(|e| sqs_error("ReceiveMessage", &self.queue_url, e))?;

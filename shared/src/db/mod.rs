@@ -192,16 +192,6 @@ impl DbError {
             _ => None,
         }
     }
-
-    /// The driver's error, when there is one.
-    pub fn pg_error(&self) -> Option<&tokio_postgres::Error> {
-        match self {
-            Self::Query { cause, .. } => Some(cause),
-            Self::Connect { cause, .. } => cause.as_ref(),
-            Self::Migration { source, .. } => source.pg_error(),
-            _ => None,
-        }
-    }
 }
 
 impl ConnectionClass for DbError {
@@ -229,7 +219,7 @@ const CONNECTION_CODES: [&str; 5] = [
 ];
 
 /// Whether a driver error means the connection broke rather than the statement failing.
-pub fn is_connection_error(err: &tokio_postgres::Error) -> bool {
+fn is_connection_error(err: &tokio_postgres::Error) -> bool {
     if err.is_closed() {
         return true;
     }

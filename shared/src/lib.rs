@@ -1,7 +1,7 @@
 //! hikmah's shared library: everything both Lambda functions and the `hikmah` CLI use.
 //!
 //! Layers point down only: services (`memory`, `elaboration`) use adapters behind small traits
-//! (`db`, `embed`, `llm`, `publish`), which use the model (`types`, `events`) and errors.
+//! (`db`, `embed`, `llm`, `publish`), which use the model (`types`, `events`) and errors (`error_code`).
 //! Nothing here knows about Lambda.
 
 pub mod artifacts;
@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod elaboration;
 pub mod embed;
+pub mod error_code;
 pub mod events;
 pub mod llm;
 pub mod memory;

@@ -23,6 +23,7 @@ use shared::db::{Db, DbError};
 use shared::elaboration::{
     resolve_user, sse_stream, ElaborateRequest, Elaborator, PgNotes, RequestError, StreamEvent,
 };
+use shared::error_code::ErrorCode;
 use shared::llm::LlmError;
 use shared::publish::SqsPublisher;
 
@@ -145,19 +146,18 @@ pub async fn serve_http_until(
         .await
 }
 
-/// An error before streaming: status plus the contract's `{"error": {code, message, field}}`.
+/// An error before streaming: the contract's `{"error": {code, message, field}}`, with the
+/// status [`status_of`] its code.
 #[derive(Debug)]
 struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     field: Option<&'static str>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             field: None,
@@ -165,15 +165,27 @@ impl ApiError {
     }
 }
 
+/// The HTTP status of each error code; no wildcard, so a new code must choose one here.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidJson | ErrorCode::MissingField | ErrorCode::InvalidField => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::ProviderError => StatusCode::BAD_GATEWAY,
+        ErrorCode::ProviderTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::PublishFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
-        let status = match e.code {
-            "unauthenticated" => StatusCode::UNAUTHORIZED,
-            "forbidden" => StatusCode::FORBIDDEN,
-            _ => StatusCode::BAD_REQUEST,
-        };
         Self {
-            status,
             code: e.code,
             message: e.message,
             field: e.field,
@@ -185,7 +197,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =
             json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (status_of(self.code), axum::Json(body)).into_response();
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -195,16 +207,14 @@ impl IntoResponse for ApiError {
 
 async fn not_found() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("no such route; the endpoint is POST {ROUTE}"),
     )
 }
 
 async fn method_not_allowed(method: Method) -> Response {
     let mut response = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed; use POST"),
     )
     .into_response();
@@ -220,8 +230,7 @@ async fn elaborate(State(state): State<AppState>, request: Request) -> Result<Re
     check_content_type(&parts.headers)?;
     let too_large = || {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("the body exceeds {MAX_BODY_BYTES} bytes"),
         )
     };
@@ -247,14 +256,11 @@ async fn elaborate(State(state): State<AppState>, request: Request) -> Result<Re
     // Hold the status until the first event (bounded by the keep-alive interval), so a provider
     // that fails at once (bad key, server down) is a proper 5xx JSON error, not a 200 stream.
     let prefix = match tokio::time::timeout(keepalive, events.recv()).await {
-        Ok(Some(StreamEvent::Error { code, message })) => {
-            return Err(upstream_error(code, message))
-        }
+        Ok(Some(StreamEvent::Error { code, message })) => return Err(ApiError::new(code, message)),
         Ok(Some(first)) => first.to_sse(),
         Ok(None) => {
             return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "the elaboration task ended early",
             ))
         }
@@ -282,15 +288,6 @@ fn sse_response(body: Body) -> Response {
     response
 }
 
-fn upstream_error(code: &'static str, message: String) -> ApiError {
-    let status = match code {
-        "provider_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "provider_error" => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, code, message)
-}
-
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let value = headers
         .get(header::CONTENT_TYPE)
@@ -306,12 +303,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         let shown = if value.is_empty() { "none" } else { value };
-        Err(ApiError {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "unsupported_media_type",
-            message: format!("content-type must be application/json (got {shown})"),
-            field: None,
-        })
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("content-type must be application/json (got {shown})"),
+        ))
     }
 }
 
@@ -350,5 +345,34 @@ fn authorizer_identity(request: &Request) -> Option<String> {
                 })
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_status() {
+        let expected = [
+            (ErrorCode::InvalidJson, 400),
+            (ErrorCode::MissingField, 400),
+            (ErrorCode::InvalidField, 400),
+            (ErrorCode::Unauthenticated, 401),
+            (ErrorCode::Forbidden, 403),
+            (ErrorCode::NotFound, 404),
+            (ErrorCode::MethodNotAllowed, 405),
+            (ErrorCode::BodyTooLarge, 413),
+            (ErrorCode::UnsupportedMediaType, 415),
+            (ErrorCode::ProviderError, 502),
+            (ErrorCode::ProviderTimeout, 504),
+            (ErrorCode::PublishFailed, 500),
+            (ErrorCode::Internal, 500),
+        ];
+        let listed: Vec<ErrorCode> = expected.iter().map(|(code, _)| *code).collect();
+        assert_eq!(listed, ErrorCode::ALL, "the table must list every code");
+        for (code, status) in expected {
+            assert_eq!(status_of(code).as_u16(), status, "{code}");
+        }
     }
 }

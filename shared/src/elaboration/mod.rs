@@ -14,6 +14,7 @@ use futures::stream::{Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::error_code::ErrorCode;
 use crate::events::ElaborationCompleted;
 use crate::llm::LlmProvider;
 use crate::publish::Publisher;
@@ -43,8 +44,8 @@ pub enum StreamEvent {
     },
     /// Generation or publishing failed; nothing follows.
     Error {
-        /// Machine-readable code (`provider_error`, `provider_timeout`, `publish_failed`, ...).
-        code: &'static str,
+        /// Machine-readable code (`provider_error`, `provider_timeout`, `publish_failed`).
+        code: ErrorCode,
         /// What happened.
         message: String,
     },
@@ -158,7 +159,7 @@ impl Elaborator {
             let message = format!("{} returned no text", self.provider.name());
             tracing::warn!(user_id = %user, "{message}");
             emit(StreamEvent::Error {
-                code: "provider_error",
+                code: ErrorCode::ProviderError,
                 message,
             });
             return;
@@ -188,7 +189,7 @@ impl Elaborator {
                     "publishing the completed elaboration failed; replay the logged event"
                 );
                 emit(StreamEvent::Error {
-                    code: "publish_failed",
+                    code: ErrorCode::PublishFailed,
                     message: format!(
                         "the elaboration could not be handed to the memory queue: {err}"
                     ),
@@ -288,7 +289,7 @@ mod tests {
             .ok_or("the stream ended early")?
             .starts_with(b"event: delta"));
         tx.send(StreamEvent::Error {
-            code: "provider_error",
+            code: ErrorCode::ProviderError,
             message: "m".into(),
         })
         .map_err(|e| format!("send error: {e:?}"))?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 
 use crate::config::LlmConfig;
+use crate::error_code::ErrorCode;
 
 pub mod bedrock;
 pub mod offline;
@@ -105,10 +106,14 @@ pub enum LlmError {
 
 impl LlmError {
     /// The stable error code sent to clients (`provider_timeout` or `provider_error`).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::IdleTimeout { .. } => "provider_timeout",
-            _ => "provider_error",
+            Self::IdleTimeout { .. } => ErrorCode::ProviderTimeout,
+            Self::Status { .. }
+            | Self::Transport { .. }
+            | Self::Protocol { .. }
+            | Self::Provider { .. }
+            | Self::Setup { .. } => ErrorCode::ProviderError,
         }
     }
 }

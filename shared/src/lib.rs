@@ -1,7 +1,8 @@
 //! hikmah's shared library: everything both Lambda functions and the `hikmah` CLI use.
 //!
 //! Layers point down only: services (`memory`, `elaboration`) use adapters behind small traits
-//! (`db`, `embed`, `llm`, `publish`), which use the model (`types`, `events`) and errors (`error_code`).
+//! (`db`, `embed`, `llm`, `publish`), which use the model (`types`, `events`) and errors
+//! (`error_code`, `error`).
 //! Nothing here knows about Lambda.
 
 pub mod artifacts;
@@ -9,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod elaboration;
 pub mod embed;
+pub mod error;
 pub mod error_code;
 pub mod events;
 pub mod llm;

@@ -132,18 +132,3 @@ pub async fn from_config(cfg: &LlmConfig) -> Result<Arc<dyn LlmProvider>, LlmErr
         LlmConfig::Offline => Arc::new(OfflineProvider::default()),
     })
 }
-
-/// Joins an error and its sources into one line (`a: b: c`), for messages that cross a boundary.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}

@@ -301,15 +301,7 @@ async fn connect(url: &str, application_name: &str) -> tokio_postgres::Client {
 pub fn render(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(inner) = source {
-                s.push_str(&format!(": {inner}"));
-                source = inner.source();
-            }
-            s
-        }
+        None => shared::error::chain(e),
     }
 }
 

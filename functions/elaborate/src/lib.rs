@@ -3,29 +3,27 @@
 //! [`router`] is the whole HTTP surface. Lambda serves it through
 //! `lambda_http::run_with_streaming_response` (see `main.rs`); the local runner (`hikmah serve`)
 //! and the tests serve the very same router over plain HTTP. The domain work (validation,
-//! prompt, generation, publish) lives in `shared::elaboration`; this crate adds routing, the
-//! identity from Lambda's request context, and HTTP framing.
+//! prompt, generation, publish) lives in `shared::elaboration`, which yields domain events; this
+//! crate does all of HTTP: routing (`routes`), the identity from Lambda's request context
+//! (`identity`), error statuses and bodies (`error`) and Server-Sent Events framing (`sse`).
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
-use futures::StreamExt as _;
-use lambda_http::request::RequestContext;
-use lambda_http::RequestExt;
-use serde_json::json;
 use shared::aws::AwsConfig;
 use shared::config::{ConfigError, DbConfig, ElaborateConfig, Env, LlmConfig, QueueConfig};
 use shared::db::{Db, DbError};
-use shared::elaboration::{
-    resolve_user, sse_stream, ElaborateRequest, Elaborator, PgNotes, RequestError, StreamEvent,
-};
+use shared::elaboration::{Elaborator, PgNotes};
 use shared::llm::LlmError;
 use shared::publish::{Publisher, SqsPublisher};
+
+use routes::{elaborate, method_not_allowed, not_found};
+
+mod error;
+mod identity;
+mod routes;
+mod sse;
 
 /// The one route; API Gateway REST may prefix it with the stage (`/Prod/hikmah/...`).
 pub const ROUTE: &str = "/hikmah/elaborate/stream";
@@ -159,212 +157,4 @@ pub async fn serve_http_until(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// An error before streaming: status plus the contract's `{"error": {code, message, field}}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    field: Option<&'static str>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-        }
-    }
-}
-
-impl From<RequestError> for ApiError {
-    fn from(e: RequestError) -> Self {
-        let status = match e.code {
-            "unauthenticated" => StatusCode::UNAUTHORIZED,
-            "forbidden" => StatusCode::FORBIDDEN,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self {
-            status,
-            code: e.code,
-            message: e.message,
-            field: e.field,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body =
-            json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
-        let mut response = (self.status, axum::Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
-    }
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no such route; the endpoint is POST {ROUTE}"),
-    )
-}
-
-async fn method_not_allowed(method: Method) -> Response {
-    let mut response = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{method} is not allowed; use POST"),
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST"));
-    response
-}
-
-async fn elaborate(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let authorized = authorizer_identity(&request);
-    let (parts, body) = request.into_parts();
-    check_content_type(&parts.headers)?;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body exceeds {MAX_BODY_BYTES} bytes"),
-        )
-    };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| too_large())?;
-    let input = ElaborateRequest::parse(&bytes)?;
-    let user = resolve_user(
-        authorized.as_deref(),
-        input.user_id.as_ref(),
-        state.config.trust_body_user_id,
-    )?;
-
-    let keepalive = state.config.keepalive;
-    let mut events = state.elaborator.spawn(user, input);
-    // Hold the status until the first event (bounded by the keep-alive interval), so a provider
-    // that fails at once (bad key, server down) is a proper 5xx JSON error, not a 200 stream.
-    let prefix = match tokio::time::timeout(keepalive, events.recv()).await {
-        Ok(Some(StreamEvent::Error { code, message })) => {
-            return Err(upstream_error(code, message))
-        }
-        Ok(Some(first)) => first.to_sse(),
-        Ok(None) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the elaboration task ended early",
-            ))
-        }
-        Err(_) => shared::elaboration::KEEPALIVE.to_owned(),
-    };
-    let body = Body::from_stream(
-        sse_stream(Some(prefix), events, keepalive).map(Ok::<_, std::convert::Infallible>),
-    );
-    Ok(sse_response(body))
-}
-
-fn sse_response(body: Body) -> Response {
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
-    );
-    // Tells nginx-style proxies not to buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
-
-fn upstream_error(code: &'static str, message: String) -> ApiError {
-    let status = match code {
-        "provider_timeout" => StatusCode::GATEWAY_TIMEOUT,
-        "provider_error" => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, code, message)
-}
-
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let value = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json" {
-        Ok(())
-    } else {
-        let shown = if value.is_empty() { "none" } else { value };
-        Err(ApiError {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "unsupported_media_type",
-            message: format!("content-type must be application/json (got {shown})"),
-            field: None,
-        })
-    }
-}
-
-/// The caller's identity from Lambda's request context: API Gateway REST authorizer claims
-/// (`claims.sub`, or a Lambda authorizer's `principalId`) or IAM caller; HTTP API / Function URL
-/// JWT claims `sub` or IAM caller. Plain HTTP (local runner) has none.
-fn authorizer_identity(request: &Request) -> Option<String> {
-    let non_empty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
-    match request.extensions().request_context_ref()? {
-        RequestContext::ApiGatewayV1(ctx) => {
-            let fields = &ctx.authorizer.fields;
-            fields
-                .get("claims")
-                .and_then(|c| c.get("sub"))
-                .and_then(|s| s.as_str())
-                .and_then(non_empty)
-                .or_else(|| {
-                    fields
-                        .get("principalId")
-                        .and_then(|s| s.as_str())
-                        .and_then(non_empty)
-                })
-                .or_else(|| ctx.identity.user.as_deref().and_then(non_empty))
-        }
-        RequestContext::ApiGatewayV2(ctx) => {
-            let auth = ctx.authorizer.as_ref()?;
-            auth.jwt
-                .as_ref()
-                .and_then(|jwt| jwt.claims.get("sub"))
-                .and_then(|s| non_empty(s))
-                .or_else(|| {
-                    auth.iam
-                        .as_ref()
-                        .and_then(|iam| iam.user_id.as_deref())
-                        .and_then(non_empty)
-                })
-        }
-        _ => None,
-    }
 }

@@ -253,16 +253,9 @@ fn sqs_error<E: std::error::Error>(
     queue_url: &str,
     err: E,
 ) -> PollerError {
-    let mut detail = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        detail.push_str(": ");
-        detail.push_str(&e.to_string());
-        source = e.source();
-    }
     PollerError::Sqs {
         operation,
         queue_url: queue_url.to_owned(),
-        detail,
+        detail: shared::error::chain(&err),
     }
 }

@@ -263,13 +263,7 @@ fn describe(err: &tokio_postgres::Error) -> String {
         }
         return s;
     }
-    let mut s = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        s.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    s
+    crate::error::chain(err)
 }
 
 /// The pool and what it needs to report errors: cheap to clone, share it across tasks.

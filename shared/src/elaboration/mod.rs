@@ -3,17 +3,15 @@
 //! [`Elaborator::spawn`] runs one elaboration in its own task and reports [`StreamEvent`]s on a
 //! channel: `Delta*`, then `Done` (after the queue accepted the event) or `Error`. The task never
 //! depends on anyone reading the channel, so a client that disconnects stops neither the
-//! generation nor the publish. [`sse_stream`] turns the events into `text/event-stream` bytes
-//! with keep-alive comments; the HTTP layer only adds headers.
+//! generation nor the publish. The events are domain values: framing them for a transport
+//! (Server-Sent Events, keep-alives) is the HTTP layer's job.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::stream::{Stream, StreamExt};
-use serde_json::json;
+use futures::stream::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::error_code::ErrorCode;
 use crate::events::ElaborationCompleted;
 use crate::llm::LlmProvider;
 use crate::publish::Publisher;
@@ -25,9 +23,6 @@ pub mod request;
 
 pub use notes::{NoNotes, NotesSource, PgNotes};
 pub use request::{resolve_user, ElaborateRequest, RequestError};
-
-/// The comment sent when nothing else was sent for the keep-alive interval.
-pub const KEEPALIVE: &str = ": keep-alive\n\n";
 
 /// One event of the stream contract (design.md, "Stream").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +38,8 @@ pub enum StreamEvent {
     },
     /// Generation or publishing failed; nothing follows.
     Error {
-        /// Machine-readable code (`provider_error`, `provider_timeout`, `publish_failed`, ...).
-        code: &'static str,
+        /// Machine-readable code (`provider_error`, `provider_timeout`, `publish_failed`).
+        code: ErrorCode,
         /// What happened.
         message: String,
     },
@@ -54,18 +49,6 @@ impl StreamEvent {
     /// Whether this event ends the stream.
     pub fn is_terminal(&self) -> bool {
         !matches!(self, Self::Delta(_))
-    }
-
-    /// The event in `text/event-stream` framing (JSON data is always a single line).
-    pub fn to_sse(&self) -> String {
-        let (name, data) = match self {
-            Self::Delta(text) => ("delta", json!({ "text": text })),
-            Self::Done { event_id, chars } => {
-                ("done", json!({ "event_id": event_id, "chars": chars }))
-            }
-            Self::Error { code, message } => ("error", json!({ "code": code, "message": message })),
-        };
-        format!("event: {name}\ndata: {data}\n\n")
     }
 }
 
@@ -120,7 +103,10 @@ impl Elaborator {
         // (the provider would hit its idle timeout) nor block the publish.
         let (tx, rx) = mpsc::unbounded_channel();
         let this = self.clone();
-        tokio::spawn(async move { this.run(user, request, tx).await });
+        // The task's lines carry the request's span (Lambda's requestId) like the handler's.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            this.run(user, request, tx).await
+        }));
         rx
     }
 
@@ -158,7 +144,7 @@ impl Elaborator {
             let message = format!("{} returned no text", self.provider.name());
             tracing::warn!(user_id = %user, "{message}");
             emit(StreamEvent::Error {
-                code: "provider_error",
+                code: ErrorCode::ProviderError,
                 message,
             });
             return;
@@ -188,7 +174,7 @@ impl Elaborator {
                     "publishing the completed elaboration failed; replay the logged event"
                 );
                 emit(StreamEvent::Error {
-                    code: "publish_failed",
+                    code: ErrorCode::PublishFailed,
                     message: format!(
                         "the elaboration could not be handed to the memory queue: {err}"
                     ),
@@ -209,95 +195,5 @@ impl Elaborator {
                 Vec::new()
             }
         }
-    }
-}
-
-/// The response body: `prefix` (an event already received, or a keep-alive), then every event
-/// from `events` as it arrives, with a keep-alive comment after each `keepalive` of silence.
-/// It ends after the first terminal event, or when the producer is gone.
-pub fn sse_stream(
-    prefix: Option<String>,
-    events: mpsc::UnboundedReceiver<StreamEvent>,
-    keepalive: Duration,
-) -> impl Stream<Item = Bytes> + Send + 'static {
-    struct State {
-        prefix: Option<String>,
-        events: mpsc::UnboundedReceiver<StreamEvent>,
-        ended: bool,
-    }
-    futures::stream::unfold(
-        State {
-            prefix,
-            events,
-            ended: false,
-        },
-        move |mut s| async move {
-            if let Some(first) = s.prefix.take() {
-                return Some((Bytes::from(first), s));
-            }
-            if s.ended {
-                return None;
-            }
-            match tokio::time::timeout(keepalive, s.events.recv()).await {
-                Err(_) => Some((Bytes::from_static(KEEPALIVE.as_bytes()), s)),
-                Ok(None) => None,
-                Ok(Some(event)) => {
-                    s.ended = event.is_terminal();
-                    Some((Bytes::from(event.to_sse()), s))
-                }
-            }
-        },
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_are_framed_as_the_contract_says() {
-        assert_eq!(
-            StreamEvent::Delta("a\nb".into()).to_sse(),
-            "event: delta\ndata: {\"text\":\"a\\nb\"}\n\n"
-        );
-        let id = EventId::new_v7();
-        assert_eq!(
-            StreamEvent::Done {
-                event_id: id,
-                chars: 3
-            }
-            .to_sse(),
-            format!("event: done\ndata: {{\"chars\":3,\"event_id\":\"{id}\"}}\n\n")
-        );
-    }
-
-    #[tokio::test]
-    async fn silence_becomes_keep_alive_comments_and_a_terminal_event_ends_the_stream(
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut body = Box::pin(sse_stream(None, rx, Duration::from_millis(50)));
-        assert_eq!(
-            body.next().await.ok_or("the stream ended early")?,
-            KEEPALIVE.as_bytes()
-        );
-        tx.send(StreamEvent::Delta("x".into()))
-            .map_err(|e| format!("send delta: {e:?}"))?;
-        assert!(body
-            .next()
-            .await
-            .ok_or("the stream ended early")?
-            .starts_with(b"event: delta"));
-        tx.send(StreamEvent::Error {
-            code: "provider_error",
-            message: "m".into(),
-        })
-        .map_err(|e| format!("send error: {e:?}"))?;
-        assert!(body
-            .next()
-            .await
-            .ok_or("the stream ended early")?
-            .starts_with(b"event: error"));
-        assert!(body.next().await.is_none());
-        Ok(())
     }
 }

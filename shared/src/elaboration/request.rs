@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use crate::error_code::ErrorCode;
 use crate::types::UserId;
 
 /// Longest `hikmah`, in characters.
@@ -26,7 +27,7 @@ pub struct ElaborateRequest {
 pub struct RequestError {
     /// Machine-readable code (`invalid_json`, `missing_field`, `invalid_field`, `unauthenticated`,
     /// `forbidden`).
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// What is wrong and how to fix it.
     pub message: String,
     /// The request field at fault, when there is one.
@@ -34,7 +35,7 @@ pub struct RequestError {
 }
 
 impl RequestError {
-    fn field(code: &'static str, field: &'static str, message: impl Into<String>) -> Self {
+    fn field(code: ErrorCode, field: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -47,13 +48,13 @@ impl ElaborateRequest {
     /// Parses and validates a JSON body; the error names the first field at fault.
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| RequestError {
-            code: "invalid_json",
+            code: ErrorCode::InvalidJson,
             message: format!("the body is not valid JSON: {e}"),
             field: None,
         })?;
         let Value::Object(map) = value else {
             return Err(RequestError {
-                code: "invalid_json",
+                code: ErrorCode::InvalidJson,
                 message: "the body must be a JSON object like {\"hikmah\": \"...\"}".into(),
                 field: None,
             });
@@ -61,7 +62,7 @@ impl ElaborateRequest {
         let hikmah = match map.get("hikmah") {
             None | Some(Value::Null) => {
                 return Err(RequestError::field(
-                    "missing_field",
+                    ErrorCode::MissingField,
                     "hikmah",
                     "hikmah is required",
                 ));
@@ -69,7 +70,7 @@ impl ElaborateRequest {
             Some(Value::String(s)) => s.clone(),
             Some(_) => {
                 return Err(RequestError::field(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     "hikmah",
                     "hikmah must be a string",
                 ))
@@ -77,7 +78,7 @@ impl ElaborateRequest {
         };
         if hikmah.trim().is_empty() {
             return Err(RequestError::field(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "hikmah",
                 "hikmah must not be empty",
             ));
@@ -85,7 +86,7 @@ impl ElaborateRequest {
         let chars = hikmah.chars().count();
         if chars > MAX_HIKMAH_CHARS {
             return Err(RequestError::field(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "hikmah",
                 format!("hikmah is {chars} characters; at most {MAX_HIKMAH_CHARS} are accepted"),
             ));
@@ -96,7 +97,7 @@ impl ElaborateRequest {
                 let chars = s.chars().count();
                 if chars > MAX_QUESTION_CHARS {
                     return Err(RequestError::field(
-                        "invalid_field",
+                        ErrorCode::InvalidField,
                         "question",
                         format!("question is {chars} characters; at most {MAX_QUESTION_CHARS} are accepted"),
                     ));
@@ -105,7 +106,7 @@ impl ElaborateRequest {
             }
             Some(_) => {
                 return Err(RequestError::field(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     "question",
                     "question must be a string",
                 ))
@@ -113,13 +114,12 @@ impl ElaborateRequest {
         };
         let user_id = match map.get("user_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(
-                UserId::parse(s)
-                    .map_err(|e| RequestError::field("invalid_field", "user_id", e.to_string()))?,
-            ),
+            Some(Value::String(s)) => Some(UserId::parse(s).map_err(|e| {
+                RequestError::field(ErrorCode::InvalidField, "user_id", e.to_string())
+            })?),
             Some(_) => {
                 return Err(RequestError::field(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     "user_id",
                     "user_id must be a string",
                 ))
@@ -146,14 +146,14 @@ pub fn resolve_user(
     match authorized {
         Some(identity) => {
             let user = UserId::parse(identity).map_err(|_| RequestError {
-                code: "forbidden",
+                code: ErrorCode::Forbidden,
                 message: "the authorizer's identity is not a valid user id (1 to 128 of A-Z a-z 0-9 _ . @ : -)"
                     .into(),
                 field: None,
             })?;
             match body {
                 Some(claimed) if *claimed != user => Err(RequestError::field(
-                    "forbidden",
+                    ErrorCode::Forbidden,
                     "user_id",
                     "user_id differs from the authenticated identity; omit it or send your own",
                 )),
@@ -163,13 +163,13 @@ pub fn resolve_user(
         None => match body {
             Some(claimed) if trust_body => Ok(claimed.clone()),
             Some(_) => Err(RequestError::field(
-                "unauthenticated",
+                ErrorCode::Unauthenticated,
                 "user_id",
                 "no authorizer identity on this request; the body's user_id is accepted only when \
                  TRUST_BODY_USER_ID=true (local development)",
             )),
             None => Err(RequestError::field(
-                "unauthenticated",
+                ErrorCode::Unauthenticated,
                 "user_id",
                 if trust_body {
                     "no identity: send user_id in the body (TRUST_BODY_USER_ID=true)"
@@ -185,7 +185,7 @@ pub fn resolve_user(
 mod tests {
     use super::*;
 
-    fn field_of(body: &str) -> (&'static str, Option<&'static str>) {
+    fn field_of(body: &str) -> (ErrorCode, Option<&'static str>) {
         let e = ElaborateRequest::parse(body.as_bytes()).unwrap_err();
         (e.code, e.field)
     }
@@ -204,31 +204,34 @@ mod tests {
 
     #[test]
     fn each_malformed_field_is_named() {
-        assert_eq!(field_of("{"), ("invalid_json", None));
-        assert_eq!(field_of("[1]"), ("invalid_json", None));
-        assert_eq!(field_of("{}"), ("missing_field", Some("hikmah")));
+        assert_eq!(field_of("{"), (ErrorCode::InvalidJson, None));
+        assert_eq!(field_of("[1]"), (ErrorCode::InvalidJson, None));
+        assert_eq!(field_of("{}"), (ErrorCode::MissingField, Some("hikmah")));
         assert_eq!(
             field_of(r#"{"hikmah":" "}"#),
-            ("invalid_field", Some("hikmah"))
+            (ErrorCode::InvalidField, Some("hikmah"))
         );
         assert_eq!(
             field_of(r#"{"hikmah":5}"#),
-            ("invalid_field", Some("hikmah"))
+            (ErrorCode::InvalidField, Some("hikmah"))
         );
         let long = format!(r#"{{"hikmah":"{}"}}"#, "é".repeat(MAX_HIKMAH_CHARS + 1));
-        assert_eq!(field_of(&long), ("invalid_field", Some("hikmah")));
+        assert_eq!(field_of(&long), (ErrorCode::InvalidField, Some("hikmah")));
         let long_q = format!(
             r#"{{"hikmah":"h","question":"{}"}}"#,
             "q".repeat(MAX_QUESTION_CHARS + 1)
         );
-        assert_eq!(field_of(&long_q), ("invalid_field", Some("question")));
+        assert_eq!(
+            field_of(&long_q),
+            (ErrorCode::InvalidField, Some("question"))
+        );
         assert_eq!(
             field_of(r#"{"hikmah":"h","user_id":"a b"}"#),
-            ("invalid_field", Some("user_id"))
+            (ErrorCode::InvalidField, Some("user_id"))
         );
         assert_eq!(
             field_of(r#"{"hikmah":"h","user_id":7}"#),
-            ("invalid_field", Some("user_id"))
+            (ErrorCode::InvalidField, Some("user_id"))
         );
     }
 
@@ -246,15 +249,15 @@ mod tests {
         assert_eq!(resolve_user(Some("a"), Some(&a), false)?, a);
         assert_eq!(
             resolve_user(Some("a"), Some(&b), true).unwrap_err().code,
-            "forbidden"
+            ErrorCode::Forbidden
         );
         assert_eq!(
             resolve_user(None, Some(&b), false).unwrap_err().code,
-            "unauthenticated"
+            ErrorCode::Unauthenticated
         );
         assert_eq!(
             resolve_user(None, None, true).unwrap_err().code,
-            "unauthenticated"
+            ErrorCode::Unauthenticated
         );
         assert_eq!(resolve_user(None, Some(&b), true)?, b);
         Ok(())

@@ -11,6 +11,7 @@ use futures::stream::BoxStream;
 
 use crate::aws::AwsConfig;
 use crate::config::LlmConfig;
+use crate::error_code::ErrorCode;
 
 pub mod bedrock;
 pub mod offline;
@@ -106,10 +107,14 @@ pub enum LlmError {
 
 impl LlmError {
     /// The stable error code sent to clients (`provider_timeout` or `provider_error`).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::IdleTimeout { .. } => "provider_timeout",
-            _ => "provider_error",
+            Self::IdleTimeout { .. } => ErrorCode::ProviderTimeout,
+            Self::Status { .. }
+            | Self::Transport { .. }
+            | Self::Protocol { .. }
+            | Self::Provider { .. }
+            | Self::Setup { .. } => ErrorCode::ProviderError,
         }
     }
 }
@@ -131,19 +136,4 @@ pub async fn from_config(
         )),
         LlmConfig::Offline => Arc::new(OfflineProvider::default()),
     })
-}
-
-/// Joins an error and its sources into one line (`a: b: c`), for messages that cross a boundary.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -9,8 +9,9 @@ use futures::stream::{BoxStream, StreamExt};
 use serde::Deserialize;
 
 use super::sse::{SseItem, SseParser};
-use super::{error_chain, LlmError, LlmProvider, Prompt, TextStream};
+use super::{LlmError, LlmProvider, Prompt, TextStream};
 use crate::config::{LlmConfig, Secret};
+use crate::error::chain;
 
 const NAME: &str = "openai";
 /// Longest provider error message carried into our own errors.
@@ -75,7 +76,7 @@ impl OpenAiProvider {
             .build()
             .map_err(|e| LlmError::Setup {
                 provider: NAME,
-                detail: error_chain(&e),
+                detail: chain(&e),
             })?;
         Ok(Self {
             client,
@@ -176,7 +177,7 @@ async fn next(mut state: State, idle: Duration) -> Option<(Result<String, LlmErr
                     Ok(Some(Err(e))) => {
                         let err = LlmError::Transport {
                             provider: NAME,
-                            detail: error_chain(&e),
+                            detail: chain(&e),
                         };
                         return Some((Err(err), State::Finished));
                     }
@@ -201,7 +202,7 @@ async fn start(request: reqwest::RequestBuilder, idle: Duration) -> Result<Reade
         Ok(Err(e)) => {
             return Err(LlmError::Transport {
                 provider: NAME,
-                detail: error_chain(&e),
+                detail: chain(&e),
             })
         }
         Ok(Ok(r)) => r,

@@ -99,6 +99,46 @@ async fn the_binary_under_the_lambda_emulator_reports_exactly_the_failed_records
         "{}",
         watch.log()
     );
+    // Every line about a record is a JSON line carrying the invocation's requestId and the
+    // record's own span, and the failure says why.
+    let log = watch.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l.trim()).ok())
+        .collect();
+    let about = |message: &str, id: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l["message"] == message
+                    && l["spans"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["message_id"] == id))
+            })
+            .unwrap_or_else(|| panic!("no {message:?} line for {id} in:\n{log}"))
+    };
+    let failed = about("record failed; reported for redelivery", "m-2");
+    let spans = failed["spans"].as_array().unwrap();
+    assert_eq!(spans[0]["name"], "Lambda runtime invoke", "{failed}");
+    assert!(
+        spans[0]["requestId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{failed}"
+    );
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed message body")),
+        "{failed}"
+    );
+    let applied = about("record applied", "m-3");
+    let record = applied["spans"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "record"))
+        .unwrap();
+    assert_eq!(record["user_id"], "user-b", "{applied}");
+    assert!(record["event_id"].as_str().is_some(), "{applied}");
     tokio::task::spawn_blocking(move || drop(watch))
         .await
         .unwrap();

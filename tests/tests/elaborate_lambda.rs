@@ -159,6 +159,24 @@ async fn assert_incremental_and_published(
     let event = ElaborationCompleted::parse(messages[0].body().unwrap()).unwrap();
     assert_eq!(event.user_id.as_str(), user);
     assert_eq!(event.elaboration, CHUNKS.concat());
+
+    // The line logged by the elaboration's own task still carries the invocation's requestId.
+    let log = setup.watch.log();
+    let published = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .find(|l| {
+            l["message"] == "elaboration published" && l["event_id"] == event.event_id.to_string()
+        })
+        .unwrap_or_else(|| panic!("no published line for {} in:\n{log}", event.event_id));
+    let invoke = &published["spans"][0];
+    assert_eq!(invoke["name"], "Lambda runtime invoke", "{published}");
+    assert!(
+        invoke["requestId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{published}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

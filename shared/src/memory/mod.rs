@@ -2,6 +2,7 @@
 
 pub mod dedup;
 pub mod error;
+pub mod eval;
 pub mod extract;
 pub mod normalize;
 pub mod plan;

@@ -151,26 +151,48 @@ pub async fn decide_texts(
     existing: &str,
     candidate: &str,
 ) -> Result<Decision, MemoryError> {
-    let embeddings = embedder
-        .embed_texts(vec![embedding_text(existing), embedding_text(candidate)])
-        .await?;
-    let [a, b] = embeddings.as_slice() else {
+    let mut decisions = decide_pairs(embedder, policy, &[(existing, candidate)]).await?;
+    decisions.pop().ok_or(MemoryError::EmbedCount {
+        expected: 2,
+        got: 0,
+    })
+}
+
+/// [`decide_texts`] for many `(existing, candidate)` pairs, embedding every text in one call.
+pub async fn decide_pairs(
+    embedder: &dyn TextEmbedder,
+    policy: &DedupPolicy,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<Decision>, MemoryError> {
+    let texts: Vec<String> = pairs
+        .iter()
+        .flat_map(|(a, b)| [embedding_text(a), embedding_text(b)])
+        .collect();
+    let expected = texts.len();
+    let embeddings = embedder.embed_texts(texts).await?;
+    if embeddings.len() != expected {
         return Err(MemoryError::EmbedCount {
-            expected: 2,
+            expected,
             got: embeddings.len(),
         });
-    };
-    let (ha, hb) = (content_hash(existing), content_hash(candidate));
-    Ok(policy.decide(
-        NoteRef {
-            text: existing,
-            content_hash: &ha,
-            embedding: a,
-        },
-        NoteRef {
-            text: candidate,
-            content_hash: &hb,
-            embedding: b,
-        },
-    ))
+    }
+    Ok(pairs
+        .iter()
+        .zip(embeddings.chunks_exact(2))
+        .map(|((existing, candidate), e)| {
+            let (ha, hb) = (content_hash(existing), content_hash(candidate));
+            policy.decide(
+                NoteRef {
+                    text: existing,
+                    content_hash: &ha,
+                    embedding: &e[0],
+                },
+                NoteRef {
+                    text: candidate,
+                    content_hash: &hb,
+                    embedding: &e[1],
+                },
+            )
+        })
+        .collect())
 }

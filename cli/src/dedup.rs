@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use shared::config::{DedupConfig, EmbedConfig, Env};
 use shared::embed::Embedder;
-use shared::memory::dedup::DedupPolicy;
+use shared::memory::dedup::{differing_words, DedupPolicy};
 use shared::memory::eval::{parse_pairs, splits, EvalReport, Label, Split};
 use shared::memory::service::{decide_pairs, decide_texts};
 
@@ -76,18 +76,18 @@ async fn eval(
     let decisions = decide_pairs(embedder, policy, &texts).await?;
     let judged: Vec<bool> = decisions.iter().map(|d| d.duplicate).collect();
 
-    let parts: Vec<(&str, Box<dyn Fn(usize) -> bool>)> = match args.split {
-        SplitArg::Both => vec![
-            ("dev", Box::new(|i| split[i] == Split::Dev)),
-            ("test", Box::new(|i| split[i] == Split::Test)),
-        ],
-        SplitArg::Dev => vec![("dev", Box::new(|i| split[i] == Split::Dev))],
-        SplitArg::Test => vec![("test", Box::new(|i| split[i] == Split::Test))],
-        SplitArg::All => vec![("all", Box::new(|_| true))],
+    // Each reported part: its name and the split it keeps (`None`: every pair).
+    let parts: Vec<(&str, Option<Split>)> = match args.split {
+        SplitArg::Both => vec![("dev", Some(Split::Dev)), ("test", Some(Split::Test))],
+        SplitArg::Dev => vec![("dev", Some(Split::Dev))],
+        SplitArg::Test => vec![("test", Some(Split::Test))],
+        SplitArg::All => vec![("all", None)],
     };
+    let split = &split;
+    let keeps = |only: Option<Split>| move |i: usize| only.is_none_or(|s| split[i] == s);
     let reports: Vec<(&str, EvalReport)> = parts
         .iter()
-        .map(|(name, keep)| (*name, EvalReport::of(&pairs, &judged, keep)))
+        .map(|(name, only)| (*name, EvalReport::of(&pairs, &judged, keeps(*only))))
         .collect();
 
     if args.json {
@@ -110,12 +110,20 @@ async fn eval(
         }
     }
     if args.errors {
-        for (name, keep) in &parts {
+        for (name, only) in &parts {
+            let keep = keeps(*only);
             eprintln!("\nmisjudged ({name}):");
             for (i, (p, d)) in pairs.iter().zip(&decisions).enumerate() {
                 if keep(i) && d.duplicate != (p.label == Label::Dup) {
+                    let spans = differing_words(&p.a, &p.b)
+                        .map(|s| format!(" [{} / {}]", s.existing, s.candidate))
+                        .unwrap_or_default();
+                    let span = d
+                        .span_cosine
+                        .map(|c| format!(" span {c:.2}"))
+                        .unwrap_or_default();
                     eprintln!(
-                        "  [{}] {} {:.3} {} | {} | {}",
+                        "  [{}] {} {:.3} {}{span}{spans} | {} | {}",
                         p.class,
                         if d.duplicate { "MERGED" } else { "MISSED" },
                         d.cosine,

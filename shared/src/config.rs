@@ -296,16 +296,20 @@ impl EmbedConfig {
     }
 }
 
-/// Memory dedup settings (`DEDUP_THRESHOLD`).
+/// Memory dedup settings (`DEDUP_THRESHOLD`, `DEDUP_SPAN_THRESHOLD`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DedupConfig {
     /// Cosine at or above which a candidate is a semantic duplicate of an existing note.
     pub threshold: f32,
+    /// Cosine of the differing spans below which two similar notes say different things.
+    pub span_threshold: f32,
 }
 
 impl DedupConfig {
-    /// Default threshold, chosen from the labelled pairs (see README).
+    /// Default threshold, chosen on the dev split of the labelled pairs (see README).
     pub const DEFAULT_THRESHOLD: f32 = 0.80;
+    /// Default span threshold, chosen on the dev split of the labelled pairs (see README).
+    pub const DEFAULT_SPAN_THRESHOLD: f32 = 0.55;
 
     /// Reads the dedup section.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -321,7 +325,22 @@ impl DedupConfig {
                 reason: "expected a number in (0, 1]".into(),
             });
         }
-        Ok(Self { threshold })
+        let span_threshold: f32 = env.parse_or(
+            "DEDUP_SPAN_THRESHOLD",
+            Self::DEFAULT_SPAN_THRESHOLD,
+            "expected a number in [-1, 1]",
+        )?;
+        if !(-1.0..=1.0).contains(&span_threshold) {
+            return Err(ConfigError::Invalid {
+                name: "DEDUP_SPAN_THRESHOLD",
+                value: span_threshold.to_string(),
+                reason: "expected a number in [-1, 1]".into(),
+            });
+        }
+        Ok(Self {
+            threshold,
+            span_threshold,
+        })
     }
 }
 

@@ -15,6 +15,7 @@ use shared::config::{DbConfig, Env};
 use shared::db::Db;
 use shared::events::ElaborationCompleted;
 use shared::events::EventError;
+use shared::memory::decide::Decider;
 use shared::memory::dedup::DedupPolicy;
 use shared::memory::extract::{DefaultExtractor, NoteExtractor};
 use shared::memory::service::MemoryService;
@@ -199,7 +200,7 @@ async fn the_same_content_under_a_new_event_id_reinforces_instead_of_adding() {
 async fn a_paraphrase_adds_no_note_and_reinforces_the_original() {
     let s = setup().await;
     let first = event("user-a", PATIENCE, None);
-    let paraphrase = event("user-a", "Patience is what opens the door to relief.", None);
+    let paraphrase = event("user-a", "Relief comes through patience.", None);
     assert_applied(&handle_batch(&s.consumer, batch(&[&first])).await);
     assert_applied(&handle_batch(&s.consumer, batch(&[&paraphrase])).await);
     assert_eq!(
@@ -395,7 +396,10 @@ async fn a_panicking_record_is_a_failed_record_not_a_crashed_batch() {
     let service = MemoryService::new(
         Arc::new(PanicsOn("BOOM")),
         Arc::new(embedder()),
-        Arc::new(PgMemoryStore::new(db.clone(), DedupPolicy::default())),
+        Arc::new(PgMemoryStore::new(
+            db.clone(),
+            Decider::new(DedupPolicy::default(), Arc::new(embedder())),
+        )),
     );
     let consumer = Consumer::new(service, db, 4);
     let bodies = vec![
@@ -555,11 +559,7 @@ async fn a_database_that_goes_silent_mid_transaction_fails_the_record_at_the_rec
 #[tokio::test]
 async fn candidates_of_one_event_are_deduplicated_among_themselves() {
     let s = setup().await;
-    let e = event(
-        "user-a",
-        PATIENCE,
-        Some("Patience is what opens the door to relief."),
-    );
+    let e = event("user-a", PATIENCE, Some("Relief comes through patience."));
     let r = handle_batch(&s.consumer, batch(&[&e])).await;
     assert_applied(&r);
     assert_eq!(

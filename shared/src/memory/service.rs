@@ -8,7 +8,8 @@ use futures::future::BoxFuture;
 use crate::db::Db;
 use crate::embed::Embedder;
 use crate::events::ElaborationCompleted;
-use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, NoteRef};
+use crate::memory::decide::{span_cosines, Decider};
+use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans};
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
 use crate::memory::normalize::content_hash;
 use crate::memory::plan::Candidate;
@@ -85,10 +86,11 @@ impl MemoryService {
 
     /// The production wiring: the default extractor, the real embedder, PostgreSQL.
     pub fn postgres(db: Db, embedder: Embedder, policy: DedupPolicy) -> Self {
+        let embedder: Arc<dyn TextEmbedder> = Arc::new(embedder);
         Self::new(
             Arc::new(DefaultExtractor),
-            Arc::new(embedder),
-            Arc::new(PgMemoryStore::new(db, policy)),
+            embedder.clone(),
+            Arc::new(PgMemoryStore::new(db, Decider::new(policy, embedder))),
         )
     }
 
@@ -176,23 +178,42 @@ pub async fn decide_pairs(
             got: embeddings.len(),
         });
     }
-    Ok(pairs
+    let hashes: Vec<(String, String)> = pairs
         .iter()
-        .zip(embeddings.chunks_exact(2))
-        .map(|((existing, candidate), e)| {
-            let (ha, hb) = (content_hash(existing), content_hash(candidate));
-            policy.decide(
-                NoteRef {
-                    text: existing,
-                    content_hash: &ha,
-                    embedding: &e[0],
-                },
-                NoteRef {
-                    text: candidate,
-                    content_hash: &hb,
-                    embedding: &e[1],
-                },
-            )
+        .map(|(a, b)| (content_hash(a), content_hash(b)))
+        .collect();
+    let refs = |i: usize| {
+        let e = &embeddings[2 * i..2 * i + 2];
+        (
+            NoteRef {
+                text: pairs[i].0,
+                content_hash: &hashes[i].0,
+                embedding: &e[0],
+            },
+            NoteRef {
+                text: pairs[i].1,
+                content_hash: &hashes[i].1,
+                embedding: &e[1],
+            },
+        )
+    };
+    // Exactly as the consumer: the spans of the pairs that need them, measured in one batch.
+    let needed: Vec<(usize, Spans)> = (0..pairs.len())
+        .filter_map(|i| {
+            let (a, b) = refs(i);
+            policy.spans_needed(a, b).map(|s| (i, s))
+        })
+        .collect();
+    let spans: Vec<&Spans> = needed.iter().map(|(_, s)| s).collect();
+    let cosines = span_cosines(embedder, &spans).await?;
+    let mut evidence = Evidence::default();
+    for ((i, _), c) in needed.iter().zip(cosines) {
+        evidence.insert_span_cosine(&hashes[*i].0, &hashes[*i].1, c);
+    }
+    Ok((0..pairs.len())
+        .map(|i| {
+            let (a, b) = refs(i);
+            policy.decide(a, b, &evidence)
         })
         .collect())
 }

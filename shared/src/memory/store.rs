@@ -17,8 +17,8 @@
 use futures::future::BoxFuture;
 
 use crate::db::{Client, Db};
-use crate::memory::dedup::DedupPolicy;
-use crate::memory::plan::{plan, Action, Candidate, KnownNote};
+use crate::memory::decide::Decider;
+use crate::memory::plan::{Action, Candidate, KnownNote};
 use crate::memory::MemoryError;
 use crate::types::{Embedding, EventId, NoteId, UserId};
 
@@ -59,7 +59,7 @@ pub trait MemoryStore: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct PgMemoryStore {
     db: Db,
-    policy: DedupPolicy,
+    decider: Decider,
 }
 
 /// Seed of `hashtextextended` for the per-user advisory lock: keeps our lock keys apart from
@@ -68,18 +68,18 @@ pub struct PgMemoryStore {
 pub const USER_LOCK_SEED: i64 = 0x6869_6b6d; // "hikm"
 
 impl PgMemoryStore {
-    /// A store over `db` (the pool built once at init) deciding duplicates with `policy`.
-    pub fn new(db: Db, policy: DedupPolicy) -> Self {
-        Self { db, policy }
+    /// A store over `db` (the pool built once at init) deciding duplicates with `decider`.
+    pub fn new(db: Db, decider: Decider) -> Self {
+        Self { db, decider }
     }
 
     /// Runs the record's transaction through [`Db::run`], which retries it once on a fresh
     /// connection after a connection-class failure: the transaction did not commit, or, if only
     /// its COMMIT reply was lost, the retry finds the `processed_events` row and changes nothing.
     async fn apply_with_retry(&self, record: &PreparedRecord) -> Result<StoreOutcome, MemoryError> {
-        let policy = &self.policy;
+        let decider = &self.decider;
         self.db
-            .run(|mut conn| async move { apply_in_transaction(&mut conn, policy, record).await })
+            .run(|mut conn| async move { apply_in_transaction(&mut conn, decider, record).await })
             .await
     }
 }
@@ -95,7 +95,7 @@ impl MemoryStore for PgMemoryStore {
 
 async fn apply_in_transaction(
     client: &mut Client,
-    policy: &DedupPolicy,
+    decider: &Decider,
     record: &PreparedRecord,
 ) -> Result<StoreOutcome, MemoryError> {
     let user = record.user_id.as_str();
@@ -145,7 +145,7 @@ async fn apply_in_transaction(
     }
 
     let mut outcome = StoreOutcome::default();
-    let actions = plan(policy, &known, &record.candidates);
+    let actions = decider.actions(&known, &record.candidates).await?;
     for (candidate, action) in record.candidates.iter().zip(actions) {
         match action {
             Action::Insert => {

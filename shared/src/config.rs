@@ -303,6 +303,8 @@ pub struct DedupConfig {
     pub threshold: f32,
     /// Cosine of the differing spans below which two similar notes say different things.
     pub span_threshold: f32,
+    /// Most variants (merged duplicates) kept per note, the most recent (`NOTE_VARIANTS_MAX`).
+    pub variants_max: u32,
 }
 
 impl DedupConfig {
@@ -310,6 +312,8 @@ impl DedupConfig {
     pub const DEFAULT_THRESHOLD: f32 = 0.80;
     /// Default span threshold, chosen on the dev split of the labelled pairs (see README).
     pub const DEFAULT_SPAN_THRESHOLD: f32 = 0.55;
+    /// Default number of variants kept per note.
+    pub const DEFAULT_VARIANTS_MAX: u32 = 20;
 
     /// Reads the dedup section.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -340,6 +344,11 @@ impl DedupConfig {
         Ok(Self {
             threshold,
             span_threshold,
+            variants_max: env.int_in(
+                "NOTE_VARIANTS_MAX",
+                u64::from(Self::DEFAULT_VARIANTS_MAX),
+                0..=1000,
+            )? as u32,
         })
     }
 }

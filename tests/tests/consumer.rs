@@ -210,6 +210,83 @@ async fn a_paraphrase_adds_no_note_and_reinforces_the_original() {
     s.tdb.cleanup().await;
 }
 
+/// (content, reason, event_id) of the variants of the user's notes, oldest first.
+async fn variants(tdb: &TestDb, user: &str) -> Vec<(String, String, uuid::Uuid)> {
+    tdb.admin()
+        .await
+        .query(
+            "SELECT v.content, v.reason, v.event_id FROM note_variants v \
+             JOIN memory_notes n ON n.id = v.note_id WHERE n.user_id = $1 ORDER BY v.id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_merged_paraphrase_is_kept_as_a_variant_and_an_exact_repeat_only_reinforces() {
+    let s = setup().await;
+    let first = event("user-a", PATIENCE, None);
+    let paraphrase = event("user-a", "Relief comes through patience.", None);
+    let exact = event("user-a", "patience is the KEY to relief", None);
+    for e in [&first, &paraphrase, &exact] {
+        assert_applied(&handle_batch(&s.consumer, batch(&[e])).await);
+    }
+    assert_eq!(
+        notes(&s.tdb, "user-a").await,
+        vec![(PATIENCE.to_owned(), 3)]
+    );
+    assert_eq!(
+        variants(&s.tdb, "user-a").await,
+        vec![(
+            "Relief comes through patience.".to_owned(),
+            "semantic_match".to_owned(),
+            paraphrase.event_id.as_uuid()
+        )],
+        "the paraphrase is a variant; the exact repeat is not"
+    );
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn variants_are_bounded_to_the_most_recent_per_note() {
+    let tdb = TestDb::new().await;
+    let db = tdb.db().await;
+    let service =
+        MemoryService::postgres_with_variants(db.clone(), embedder(), DedupPolicy::default(), 2);
+    let consumer = Consumer::new(service, db, 1);
+    let paraphrases = [
+        "Relief comes through patience.",
+        "Patience is the key to relief!!",
+        "Relief comes through patience, truly.",
+        "Relief comes with patience.",
+    ];
+    assert_applied(&handle_batch(&consumer, batch(&[&event("user-v", PATIENCE, None)])).await);
+    for p in paraphrases {
+        assert_applied(&handle_batch(&consumer, batch(&[&event("user-v", p, None)])).await);
+    }
+    let kept: Vec<String> = variants(&tdb, "user-v")
+        .await
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
+    let semantic: Vec<&str> = paraphrases
+        .iter()
+        .copied()
+        .filter(|p| {
+            shared::memory::normalize::content_hash(p)
+                != shared::memory::normalize::content_hash(PATIENCE)
+        })
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept, semantic[semantic.len() - 2..].to_vec());
+    drop(consumer);
+    tdb.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_negation_of_an_existing_note_is_kept_as_a_new_note() {
     let s = setup().await;

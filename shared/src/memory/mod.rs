@@ -9,5 +9,6 @@ pub mod normalize;
 pub mod plan;
 pub mod service;
 pub mod store;
+pub mod variants;
 
 pub use error::MemoryError;

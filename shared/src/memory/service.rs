@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
+use crate::config::DedupConfig;
 use crate::db::Db;
 use crate::embed::Embedder;
 use crate::events::ElaborationCompleted;
@@ -84,14 +85,23 @@ impl MemoryService {
         }
     }
 
-    /// The production wiring: the default extractor, the real embedder, PostgreSQL.
+    /// The production wiring: the default extractor, the real embedder, PostgreSQL (with the
+    /// default number of variants per note).
     pub fn postgres(db: Db, embedder: Embedder, policy: DedupPolicy) -> Self {
+        Self::postgres_with_variants(db, embedder, policy, DedupConfig::DEFAULT_VARIANTS_MAX)
+    }
+
+    /// [`postgres`](Self::postgres), keeping at most `variants_max` variants per note.
+    pub fn postgres_with_variants(
+        db: Db,
+        embedder: Embedder,
+        policy: DedupPolicy,
+        variants_max: u32,
+    ) -> Self {
         let embedder: Arc<dyn TextEmbedder> = Arc::new(embedder);
-        Self::new(
-            Arc::new(DefaultExtractor),
-            embedder.clone(),
-            Arc::new(PgMemoryStore::new(db, Decider::new(policy, embedder))),
-        )
+        let store = PgMemoryStore::new(db, Decider::new(policy, embedder.clone()))
+            .with_variants_max(variants_max);
+        Self::new(Arc::new(DefaultExtractor), embedder, Arc::new(store))
     }
 
     /// Applies one event to its user's memory, exactly once (a redelivery changes nothing).

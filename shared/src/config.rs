@@ -569,6 +569,21 @@ mod tests {
     }
 
     #[test]
+    fn span_threshold_and_variants_max_out_of_range_name_their_variable() {
+        for (name, bad) in [
+            ("DEDUP_SPAN_THRESHOLD", "2"),
+            ("DEDUP_SPAN_THRESHOLD", "x"),
+            ("NOTE_VARIANTS_MAX", "-1"),
+            ("NOTE_VARIANTS_MAX", "5000"),
+        ] {
+            let err = DedupConfig::from_env(&env(&[(name, bad)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={bad}: {err}");
+        }
+        let cfg = DedupConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(cfg.variants_max, DedupConfig::DEFAULT_VARIANTS_MAX);
+    }
+
+    #[test]
     fn unknown_llm_provider_names_it_and_bedrock_needs_a_model(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let err = LlmConfig::from_env(&env(&[("LLM_PROVIDER", "gpt")])).unwrap_err();

@@ -1,27 +1,139 @@
-//! `hikmah dedup EXISTING CANDIDATE`: the memory consumer's duplicate decision, from outside.
+//! `hikmah dedup EXISTING CANDIDATE`: the memory consumer's duplicate decision, from outside;
+//! `hikmah dedup --eval FILE`: that decision measured on labelled pairs.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use shared::config::{DedupConfig, EmbedConfig, Env};
 use shared::embed::Embedder;
-use shared::memory::dedup::DedupPolicy;
-use shared::memory::service::decide_texts;
+use shared::memory::dedup::{differing_words, DedupPolicy};
+use shared::memory::eval::{parse_pairs, splits, EvalReport, Label, Split};
+use shared::memory::service::{decide_pairs, decide_texts};
 
 /// Arguments of `hikmah dedup`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A note already in memory.
-    pub existing: String,
+    #[arg(required_unless_present = "eval")]
+    pub existing: Option<String>,
     /// The new candidate note.
-    pub candidate: String,
+    #[arg(required_unless_present = "eval")]
+    pub candidate: Option<String>,
+    /// Measure the decision on labelled pairs: JSON lines `{"a","b","label":"dup"|"distinct","class"}`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["existing", "candidate"])]
+    pub eval: Option<std::path::PathBuf>,
+    /// With --eval: which split to report (the split is derived from the file, see README).
+    #[arg(long, value_enum, default_value = "both", requires = "eval")]
+    pub split: SplitArg,
+    /// With --eval: print one JSON object instead of tables.
+    #[arg(long, requires = "eval")]
+    pub json: bool,
+    /// With --eval: also list the misjudged pairs of the reported splits.
+    #[arg(long, requires = "eval")]
+    pub errors: bool,
 }
 
-/// Prints `{"cosine": …, "duplicate": …, "reason": …}` (threshold from `DEDUP_THRESHOLD`).
+/// Which part of the labelled set `--eval` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitArg {
+    /// Dev and test, each on its own.
+    Both,
+    /// The tuning half.
+    Dev,
+    /// The held-out half.
+    Test,
+    /// Every pair together.
+    All,
+}
+
+/// Prints `{"cosine": …, "duplicate": …, "reason": …}` (threshold from `DEDUP_THRESHOLD`), or
+/// the evaluation report.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = Env::process();
     let policy = DedupPolicy::from(&DedupConfig::from_env(&env)?);
     let embedder = Embedder::load(&EmbedConfig::from_env(&env)?)?;
-    let decision = decide_texts(&embedder, &policy, &args.existing, &args.candidate).await?;
+    if let Some(path) = &args.eval {
+        return eval(&embedder, &policy, path, &args).await;
+    }
+    let (Some(existing), Some(candidate)) = (&args.existing, &args.candidate) else {
+        anyhow::bail!("give EXISTING and CANDIDATE, or --eval FILE");
+    };
+    let decision = decide_texts(&embedder, &policy, existing, candidate).await?;
     println!("{}", serde_json::to_string(&decision)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn eval(
+    embedder: &Embedder,
+    policy: &DedupPolicy,
+    path: &std::path::Path,
+    args: &Args,
+) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let pairs = parse_pairs(&text).with_context(|| format!("{}", path.display()))?;
+    let split = splits(&pairs);
+    let texts: Vec<(&str, &str)> = pairs.iter().map(|p| (p.a.as_str(), p.b.as_str())).collect();
+    let decisions = decide_pairs(embedder, policy, &texts).await?;
+    let judged: Vec<bool> = decisions.iter().map(|d| d.duplicate).collect();
+
+    // Each reported part: its name and the split it keeps (`None`: every pair).
+    let parts: Vec<(&str, Option<Split>)> = match args.split {
+        SplitArg::Both => vec![("dev", Some(Split::Dev)), ("test", Some(Split::Test))],
+        SplitArg::Dev => vec![("dev", Some(Split::Dev))],
+        SplitArg::Test => vec![("test", Some(Split::Test))],
+        SplitArg::All => vec![("all", None)],
+    };
+    let split = &split;
+    let keeps = |only: Option<Split>| move |i: usize| only.is_none_or(|s| split[i] == s);
+    let reports: Vec<(&str, EvalReport)> = parts
+        .iter()
+        .map(|(name, only)| (*name, EvalReport::of(&pairs, &judged, keeps(*only))))
+        .collect();
+
+    if args.json {
+        let mut out = serde_json::Map::new();
+        out.insert("pairs".into(), pairs.len().into());
+        out.insert("threshold".into(), f64::from(policy.threshold).into());
+        for (name, report) in &reports {
+            out.insert((*name).into(), report.to_json());
+        }
+        println!("{}", serde_json::Value::Object(out));
+    } else {
+        println!(
+            "{} labelled pairs from {}; DEDUP_THRESHOLD = {}",
+            pairs.len(),
+            path.display(),
+            policy.threshold
+        );
+        for (name, report) in &reports {
+            println!("\n{name} split:\n{}", report.to_table());
+        }
+    }
+    if args.errors {
+        for (name, only) in &parts {
+            let keep = keeps(*only);
+            eprintln!("\nmisjudged ({name}):");
+            for (i, (p, d)) in pairs.iter().zip(&decisions).enumerate() {
+                if keep(i) && d.duplicate != (p.label == Label::Dup) {
+                    let spans = differing_words(&p.a, &p.b)
+                        .map(|s| format!(" [{} / {}]", s.existing, s.candidate))
+                        .unwrap_or_default();
+                    let span = d
+                        .span_cosine
+                        .map(|c| format!(" span {c:.2}"))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "  [{}] {} {:.3} {}{span}{spans} | {} | {}",
+                        p.class,
+                        if d.duplicate { "MERGED" } else { "MISSED" },
+                        d.cosine,
+                        d.reason,
+                        p.a,
+                        p.b
+                    );
+                }
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,14 @@
-//! `hikmah memory list|forget`: read or erase a user's memory notes in PostgreSQL.
+//! `hikmah memory list|forget|split`: read or erase a user's memory notes in PostgreSQL, or turn
+//! a merged variant back into a note.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::Value;
-use shared::config::{DbConfig, Env};
+use shared::config::{DbConfig, EmbedConfig, Env};
 use shared::db::{Db, DbError};
+use shared::embed::Embedder;
+use shared::memory::variants::{split_variant, SplitError};
 use shared::types::UserId;
 
 /// Memory subcommands.
@@ -20,7 +23,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Erase a user's notes (all, or one).
+    /// Turn a variant (a candidate merged into a note) back into a note of its own.
+    Split {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The variant id (from `hikmah memory list --json`).
+        #[arg(long)]
+        variant: i64,
+    },
+    /// Erase a user's notes (all, or one), with their variants.
     Forget {
         /// The user id.
         #[arg(long)]
@@ -32,12 +44,16 @@ pub enum Command {
 }
 
 /// A user's notes as one JSON array, in the order the elaborate prompt uses them (most
-/// reinforced, then most recently seen). Built by PostgreSQL so timestamps are RFC 3339 and ids
+/// reinforced, then most recently seen), each with its `variants` (newest first). Built by PostgreSQL so timestamps are RFC 3339 and ids
 /// print exactly.
 const LIST_SQL: &str = "SELECT coalesce(json_agg(json_build_object(
         'id', id, 'content', content, 'times_seen', times_seen,
         'created_at', created_at, 'last_seen_at', last_seen_at,
-        'source_event_id', source_event_id)
+        'source_event_id', source_event_id,
+        'variants', (SELECT coalesce(json_agg(json_build_object(
+            'id', v.id, 'content', v.content, 'event_id', v.event_id, 'cosine', v.cosine,
+            'reason', v.reason, 'created_at', v.created_at) ORDER BY v.id DESC), '[]'::json)
+          FROM note_variants v WHERE v.note_id = memory_notes.id))
         ORDER BY times_seen DESC, last_seen_at DESC, id DESC), '[]'::json)::text
     FROM memory_notes WHERE user_id = $1";
 
@@ -48,6 +64,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let result = match cmd {
         Command::List { user, json } => list(&db, &parse_user(&user)?, json).await,
         Command::Forget { user, note } => forget(&db, &parse_user(&user)?, note).await,
+        Command::Split { user, variant } => split(&db, &parse_user(&user)?, variant).await,
     };
     db.close();
     result
@@ -98,7 +115,23 @@ async fn list(db: &Db, user: &UserId, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Deletes the notes; the user's `processed_events` rows stay, so a redelivered old event does
+/// Splits a variant out into a note, embedded as the consumer embeds notes.
+async fn split(db: &Db, user: &UserId, variant: i64) -> anyhow::Result<ExitCode> {
+    let embedder = Embedder::load(&EmbedConfig::from_env(&Env::process())?)?;
+    match split_variant(db, &embedder, user, variant).await {
+        Ok(note) => {
+            println!("variant {variant} of user {user} is now note {note}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ (SplitError::NotFound { .. } | SplitError::AlreadyANote { .. })) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes the notes (their variants go with them); the user's `processed_events` rows stay, so a redelivered old event does
 /// not bring a forgotten note back.
 async fn forget(db: &Db, user: &UserId, note: Option<i64>) -> anyhow::Result<ExitCode> {
     let deleted: u64 = db

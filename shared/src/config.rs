@@ -296,16 +296,24 @@ impl EmbedConfig {
     }
 }
 
-/// Memory dedup settings (`DEDUP_THRESHOLD`).
+/// Memory dedup settings (`DEDUP_THRESHOLD`, `DEDUP_SPAN_THRESHOLD`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DedupConfig {
     /// Cosine at or above which a candidate is a semantic duplicate of an existing note.
     pub threshold: f32,
+    /// Cosine of the differing spans below which two similar notes say different things.
+    pub span_threshold: f32,
+    /// Most variants (merged duplicates) kept per note, the most recent (`NOTE_VARIANTS_MAX`).
+    pub variants_max: u32,
 }
 
 impl DedupConfig {
-    /// Default threshold, chosen from the labelled pairs (see README).
+    /// Default threshold, chosen on the dev split of the labelled pairs (see README).
     pub const DEFAULT_THRESHOLD: f32 = 0.80;
+    /// Default span threshold, chosen on the dev split of the labelled pairs (see README).
+    pub const DEFAULT_SPAN_THRESHOLD: f32 = 0.55;
+    /// Default number of variants kept per note.
+    pub const DEFAULT_VARIANTS_MAX: u32 = 20;
 
     /// Reads the dedup section.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
@@ -321,7 +329,27 @@ impl DedupConfig {
                 reason: "expected a number in (0, 1]".into(),
             });
         }
-        Ok(Self { threshold })
+        let span_threshold: f32 = env.parse_or(
+            "DEDUP_SPAN_THRESHOLD",
+            Self::DEFAULT_SPAN_THRESHOLD,
+            "expected a number in [-1, 1]",
+        )?;
+        if !(-1.0..=1.0).contains(&span_threshold) {
+            return Err(ConfigError::Invalid {
+                name: "DEDUP_SPAN_THRESHOLD",
+                value: span_threshold.to_string(),
+                reason: "expected a number in [-1, 1]".into(),
+            });
+        }
+        Ok(Self {
+            threshold,
+            span_threshold,
+            variants_max: env.int_in(
+                "NOTE_VARIANTS_MAX",
+                u64::from(Self::DEFAULT_VARIANTS_MAX),
+                0..=1000,
+            )? as u32,
+        })
     }
 }
 
@@ -538,6 +566,21 @@ mod tests {
             let err = DedupConfig::from_env(&env(&[("DEDUP_THRESHOLD", bad)])).unwrap_err();
             assert!(err.to_string().contains("DEDUP_THRESHOLD"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn span_threshold_and_variants_max_out_of_range_name_their_variable() {
+        for (name, bad) in [
+            ("DEDUP_SPAN_THRESHOLD", "2"),
+            ("DEDUP_SPAN_THRESHOLD", "x"),
+            ("NOTE_VARIANTS_MAX", "-1"),
+            ("NOTE_VARIANTS_MAX", "5000"),
+        ] {
+            let err = DedupConfig::from_env(&env(&[(name, bad)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={bad}: {err}");
+        }
+        let cfg = DedupConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(cfg.variants_max, DedupConfig::DEFAULT_VARIANTS_MAX);
     }
 
     #[test]

@@ -162,3 +162,120 @@ async fn a_missing_database_url_is_an_error_naming_it() {
     );
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_merged_variant_is_listed_split_back_into_a_note_and_forgotten_with_its_note() {
+    use shared::events::ElaborationCompleted;
+    use shared::memory::dedup::DedupPolicy;
+    use shared::memory::service::MemoryService;
+    use shared::types::UserId;
+
+    let t = TestDb::new().await;
+    let service = MemoryService::postgres(
+        t.db().await,
+        hikmah_tests::model::embedder(),
+        DedupPolicy::default(),
+    );
+    let user = UserId::parse("u-split").unwrap();
+    for text in [
+        "Patience is the key to relief.",
+        "Relief comes through patience.",
+    ] {
+        let e = ElaborationCompleted::new(user.clone(), text.into(), None, "e".into(), "m".into());
+        service.apply(&e).await.unwrap();
+    }
+
+    let list = |t: &TestDb| {
+        let out = hikmah(
+            t,
+            &["memory", "list", "--user", "u-split", "--json"],
+            &[],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let notes = list(&t);
+    assert_eq!(notes.as_array().unwrap().len(), 1, "{notes}");
+    let variants = notes[0]["variants"].as_array().unwrap().clone();
+    assert_eq!(variants.len(), 1, "{notes}");
+    let v = &variants[0];
+    assert_eq!(v["content"], "Relief comes through patience.");
+    assert_eq!(v["reason"], "semantic_match");
+    assert!(v["cosine"].as_f64().unwrap() >= 0.8, "{v}");
+    assert!(v["id"].is_i64() && v["created_at"].is_string(), "{v}");
+
+    // Undo the merge.
+    let id = v["id"].to_string();
+    let out = hikmah(
+        &t,
+        &["memory", "split", "--user", "u-split", "--variant", &id],
+        &[],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let notes = list(&t);
+    let contents: Vec<&str> = notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents.len(), 2, "{notes}");
+    assert!(
+        contents.contains(&"Relief comes through patience."),
+        "{notes}"
+    );
+    assert!(notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["variants"] == serde_json::json!([])));
+    let admin = t.admin().await;
+    let emb_len: i32 = admin
+        .query_one(
+            "SELECT array_length(embedding, 1) FROM memory_notes WHERE content = 'Relief comes through patience.'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(emb_len, 384, "the split note is embedded");
+
+    // Splitting it again, or another user's variant, is an error naming the variant.
+    let out = hikmah(
+        &t,
+        &["memory", "split", "--user", "u-split", "--variant", &id],
+        &[],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!("no variant {id}")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Forget takes variants with the notes.
+    let e = ElaborationCompleted::new(
+        user.clone(),
+        "Relief comes with patience.".into(),
+        None,
+        "e".into(),
+        "m".into(),
+    );
+    service.apply(&e).await.unwrap();
+    async fn count(admin: &tokio_postgres::Client) -> i64 {
+        admin
+            .query_one("SELECT count(*) FROM note_variants", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+    assert!(count(&admin).await >= 1);
+    let out = hikmah(&t, &["memory", "forget", "--user", "u-split"], &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(count(&admin).await, 0);
+    drop(service);
+    t.cleanup().await;
+}

@@ -15,6 +15,7 @@ use shared::config::{DbConfig, Env};
 use shared::db::Db;
 use shared::events::ElaborationCompleted;
 use shared::events::EventError;
+use shared::memory::decide::Decider;
 use shared::memory::dedup::DedupPolicy;
 use shared::memory::extract::{DefaultExtractor, NoteExtractor};
 use shared::memory::service::MemoryService;
@@ -199,7 +200,7 @@ async fn the_same_content_under_a_new_event_id_reinforces_instead_of_adding() {
 async fn a_paraphrase_adds_no_note_and_reinforces_the_original() {
     let s = setup().await;
     let first = event("user-a", PATIENCE, None);
-    let paraphrase = event("user-a", "Patience is what opens the door to relief.", None);
+    let paraphrase = event("user-a", "Relief comes through patience.", None);
     assert_applied(&handle_batch(&s.consumer, batch(&[&first])).await);
     assert_applied(&handle_batch(&s.consumer, batch(&[&paraphrase])).await);
     assert_eq!(
@@ -207,6 +208,83 @@ async fn a_paraphrase_adds_no_note_and_reinforces_the_original() {
         vec![(PATIENCE.to_owned(), 2)]
     );
     s.tdb.cleanup().await;
+}
+
+/// (content, reason, event_id) of the variants of the user's notes, oldest first.
+async fn variants(tdb: &TestDb, user: &str) -> Vec<(String, String, uuid::Uuid)> {
+    tdb.admin()
+        .await
+        .query(
+            "SELECT v.content, v.reason, v.event_id FROM note_variants v \
+             JOIN memory_notes n ON n.id = v.note_id WHERE n.user_id = $1 ORDER BY v.id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_merged_paraphrase_is_kept_as_a_variant_and_an_exact_repeat_only_reinforces() {
+    let s = setup().await;
+    let first = event("user-a", PATIENCE, None);
+    let paraphrase = event("user-a", "Relief comes through patience.", None);
+    let exact = event("user-a", "patience is the KEY to relief", None);
+    for e in [&first, &paraphrase, &exact] {
+        assert_applied(&handle_batch(&s.consumer, batch(&[e])).await);
+    }
+    assert_eq!(
+        notes(&s.tdb, "user-a").await,
+        vec![(PATIENCE.to_owned(), 3)]
+    );
+    assert_eq!(
+        variants(&s.tdb, "user-a").await,
+        vec![(
+            "Relief comes through patience.".to_owned(),
+            "semantic_match".to_owned(),
+            paraphrase.event_id.as_uuid()
+        )],
+        "the paraphrase is a variant; the exact repeat is not"
+    );
+    s.tdb.cleanup().await;
+}
+
+#[tokio::test]
+async fn variants_are_bounded_to_the_most_recent_per_note() {
+    let tdb = TestDb::new().await;
+    let db = tdb.db().await;
+    let service =
+        MemoryService::postgres_with_variants(db.clone(), embedder(), DedupPolicy::default(), 2);
+    let consumer = Consumer::new(service, db, 1);
+    let paraphrases = [
+        "Relief comes through patience.",
+        "Patience is the key to relief!!",
+        "Relief comes through patience, truly.",
+        "Relief comes with patience.",
+    ];
+    assert_applied(&handle_batch(&consumer, batch(&[&event("user-v", PATIENCE, None)])).await);
+    for p in paraphrases {
+        assert_applied(&handle_batch(&consumer, batch(&[&event("user-v", p, None)])).await);
+    }
+    let kept: Vec<String> = variants(&tdb, "user-v")
+        .await
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
+    let semantic: Vec<&str> = paraphrases
+        .iter()
+        .copied()
+        .filter(|p| {
+            shared::memory::normalize::content_hash(p)
+                != shared::memory::normalize::content_hash(PATIENCE)
+        })
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept, semantic[semantic.len() - 2..].to_vec());
+    drop(consumer);
+    tdb.cleanup().await;
 }
 
 #[tokio::test]
@@ -395,7 +473,10 @@ async fn a_panicking_record_is_a_failed_record_not_a_crashed_batch() {
     let service = MemoryService::new(
         Arc::new(PanicsOn("BOOM")),
         Arc::new(embedder()),
-        Arc::new(PgMemoryStore::new(db.clone(), DedupPolicy::default())),
+        Arc::new(PgMemoryStore::new(
+            db.clone(),
+            Decider::new(DedupPolicy::default(), Arc::new(embedder())),
+        )),
     );
     let consumer = Consumer::new(service, db, 4);
     let bodies = vec![
@@ -555,11 +636,7 @@ async fn a_database_that_goes_silent_mid_transaction_fails_the_record_at_the_rec
 #[tokio::test]
 async fn candidates_of_one_event_are_deduplicated_among_themselves() {
     let s = setup().await;
-    let e = event(
-        "user-a",
-        PATIENCE,
-        Some("Patience is what opens the door to relief."),
-    );
+    let e = event("user-a", PATIENCE, Some("Relief comes through patience."));
     let r = handle_batch(&s.consumer, batch(&[&e])).await;
     assert_applied(&r);
     assert_eq!(

@@ -164,3 +164,80 @@ async fn the_tables_match_the_design() {
     );
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_variants_migration_runs_on_a_database_with_notes_and_loses_none() {
+    let t = TestDb::empty().await;
+    let admin = t.admin().await;
+    // The database as version 1 left it, with notes in it.
+    admin
+        .batch_execute(
+            "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .unwrap();
+    admin.batch_execute(MIGRATIONS[0].sql).await.unwrap();
+    admin
+        .execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (1, $1)",
+            &[&MIGRATIONS[0].name],
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "INSERT INTO memory_notes (user_id, content, content_hash, embedding, times_seen)
+             SELECT 'u-' || (i % 7), 'note ' || i, md5(i::text), array_fill(0.05::real, ARRAY[384]), 1 + i % 3
+             FROM generate_series(1, 500) AS i",
+        )
+        .await
+        .unwrap();
+    let before: Vec<(i64, String, i32)> = admin
+        .query(
+            "SELECT id, content, times_seen FROM memory_notes ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+
+    let db = t.db().await;
+    let report = db::migrate(&db).await.unwrap();
+    assert_eq!(report.applied, vec![(2, "note_variants")]);
+    let after: Vec<(i64, String, i32)> = admin
+        .query(
+            "SELECT id, content, times_seen FROM memory_notes ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(after, before, "every note is kept as it was");
+
+    // A variant belongs to its note: deleting the note deletes it.
+    let note = before[0].0;
+    admin
+        .execute(
+            "INSERT INTO note_variants (note_id, content, cosine, reason) VALUES ($1, 'v', 0.9, 'semantic_match')",
+            &[&note],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute("DELETE FROM memory_notes WHERE id = $1", &[&note])
+        .await
+        .unwrap();
+    let left: i64 = admin
+        .query_one("SELECT count(*) FROM note_variants", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    drop(db);
+    t.cleanup().await;
+}

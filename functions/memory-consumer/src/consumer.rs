@@ -68,7 +68,14 @@ impl Consumer {
         let embedder = Embedder::load(&embed_cfg)?;
         let embedder_time = t.elapsed();
 
-        let mut consumer = Self::postgres(db, embedder, DedupPolicy::from(&dedup));
+        let concurrency = db.pool().status().max_size;
+        let service = MemoryService::postgres_with_variants(
+            db.clone(),
+            embedder,
+            DedupPolicy::from(&dedup),
+            dedup.variants_max,
+        );
+        let mut consumer = Self::new(service, db, concurrency);
         consumer.init = InitTimings {
             config,
             db: db_time,

@@ -19,7 +19,7 @@
 //!
 //! Embeddings are L2-normalised, so the cosine is a dot product.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -45,6 +45,18 @@ pub enum Reason {
     OppositeTerms,
     /// Similar, but about different key concepts (sabr vs shukr, ...).
     DifferentConcept,
+    /// Similar, but the words they do not share are in a script the model cannot read.
+    UnreadableText,
+    /// Similar, but their shared words are in another order (roles or sequence swapped).
+    WordOrder,
+    /// Similar, but about different people (`I`/`he`/`she`/`we`/`they`...).
+    PersonsDiffer,
+    /// Similar, but one is marked `Asked:` and the other `Reflected on:`.
+    KindDiffers,
+    /// Similar, but the parts that differ mean different things to the model.
+    DifferentContent,
+    /// Similar, but the differing parts were not measured (conservative: kept apart).
+    Unmeasured,
 }
 
 impl Reason {
@@ -58,6 +70,12 @@ impl Reason {
             Self::NumbersDiffer => "numbers_differ",
             Self::OppositeTerms => "opposite_terms",
             Self::DifferentConcept => "different_concept",
+            Self::UnreadableText => "unreadable_text",
+            Self::WordOrder => "word_order",
+            Self::PersonsDiffer => "persons_differ",
+            Self::KindDiffers => "kind_differs",
+            Self::DifferentContent => "different_content",
+            Self::Unmeasured => "unmeasured",
         }
     }
 }
@@ -77,6 +95,9 @@ pub struct Decision {
     pub duplicate: bool,
     /// Why.
     pub reason: Reason,
+    /// Cosine of the two notes' differing spans, when the span guard measured them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_cosine: Option<f32>,
 }
 
 /// A note as the decision sees it.
@@ -358,18 +379,18 @@ fn gloss(term: &str) -> Option<&'static str> {
         .map(|(_, english)| *english)
 }
 
-/// The duplicate decision with its threshold.
+/// The duplicate decision with its thresholds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DedupPolicy {
     /// Cosine at or above which a candidate may be a semantic duplicate.
     pub threshold: f32,
+    /// Cosine of the two notes' differing spans below which they say different things.
+    pub span_threshold: f32,
 }
 
 impl Default for DedupPolicy {
     fn default() -> Self {
-        Self {
-            threshold: DedupConfig::DEFAULT_THRESHOLD,
-        }
+        Self::with_threshold(DedupConfig::DEFAULT_THRESHOLD)
     }
 }
 
@@ -377,44 +398,137 @@ impl From<&DedupConfig> for DedupPolicy {
     fn from(cfg: &DedupConfig) -> Self {
         Self {
             threshold: cfg.threshold,
+            span_threshold: cfg.span_threshold,
         }
     }
 }
 
-impl DedupPolicy {
-    /// A policy with the given threshold.
-    pub fn with_threshold(threshold: f32) -> Self {
-        Self { threshold }
+/// What the span guard compares for one pair: the words each note has that the other lacks, in
+/// order, as the embedder is given them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spans {
+    /// The existing note's differing words.
+    pub existing: String,
+    /// The candidate's differing words.
+    pub candidate: String,
+}
+
+/// The model's measurements the guards need beyond the two notes' own embeddings: the cosine of
+/// each pair's differing spans, keyed by the two notes' content hashes. Computed before
+/// [`plan`](super::plan::plan) runs, so the decision itself stays pure.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evidence {
+    span_cosines: HashMap<(String, String), f32>,
+}
+
+impl Evidence {
+    /// Records the span cosine of (existing, candidate), by content hash.
+    pub fn insert_span_cosine(&mut self, existing_hash: &str, candidate_hash: &str, cosine: f32) {
+        self.span_cosines.insert(
+            (existing_hash.to_owned(), candidate_hash.to_owned()),
+            cosine,
+        );
     }
 
-    /// Whether `candidate` duplicates `existing`.
-    pub fn decide(&self, existing: NoteRef<'_>, candidate: NoteRef<'_>) -> Decision {
+    /// The span cosine of (existing, candidate), if measured.
+    pub fn span_cosine(&self, existing_hash: &str, candidate_hash: &str) -> Option<f32> {
+        self.span_cosines
+            .get(&(existing_hash.to_owned(), candidate_hash.to_owned()))
+            .copied()
+    }
+
+    /// How many pairs were measured.
+    pub fn len(&self) -> usize {
+        self.span_cosines.len()
+    }
+
+    /// Whether nothing was measured.
+    pub fn is_empty(&self) -> bool {
+        self.span_cosines.is_empty()
+    }
+}
+
+/// Where a pair stands before the model-based span guard.
+enum Stage {
+    /// Decided already.
+    Decided(Decision),
+    /// Similar and no text guard fired; the spans (if both notes have differing words) decide.
+    NeedsSpans(f32, Option<Spans>),
+}
+
+impl DedupPolicy {
+    /// A policy with the given cosine threshold (and the default span threshold).
+    pub fn with_threshold(threshold: f32) -> Self {
+        Self {
+            threshold,
+            span_threshold: DedupConfig::DEFAULT_SPAN_THRESHOLD,
+        }
+    }
+
+    /// Everything but the span guard.
+    fn stage(&self, existing: NoteRef<'_>, candidate: NoteRef<'_>) -> Stage {
         let cosine = existing.embedding.cosine(candidate.embedding);
-        if existing.content_hash == candidate.content_hash {
-            return Decision {
+        let decided = |duplicate, reason| {
+            Stage::Decided(Decision {
                 cosine,
-                duplicate: true,
-                reason: Reason::ExactMatch,
-            };
+                duplicate,
+                reason,
+                span_cosine: None,
+            })
+        };
+        if existing.content_hash == candidate.content_hash {
+            return decided(true, Reason::ExactMatch);
         }
         if cosine < self.threshold {
-            return Decision {
-                cosine,
-                duplicate: false,
-                reason: Reason::BelowThreshold,
-            };
+            return decided(false, Reason::BelowThreshold);
         }
-        match guard(existing.text, candidate.text) {
-            Some(reason) => Decision {
-                cosine,
-                duplicate: false,
-                reason,
-            },
-            None => Decision {
+        let (a, b) = (Words::of(existing.text), Words::of(candidate.text));
+        match guard(&a, &b) {
+            Some(reason) => decided(false, reason),
+            None => Stage::NeedsSpans(cosine, differing_spans(&a, &b)),
+        }
+    }
+
+    /// The spans the model must compare before `candidate` can be judged a duplicate of
+    /// `existing`, or `None` when the decision does not need them.
+    pub fn spans_needed(&self, existing: NoteRef<'_>, candidate: NoteRef<'_>) -> Option<Spans> {
+        match self.stage(existing, candidate) {
+            Stage::NeedsSpans(_, spans) => spans,
+            Stage::Decided(_) => None,
+        }
+    }
+
+    /// Whether `candidate` duplicates `existing`, given the measured `evidence` (a pair whose
+    /// spans were not measured is conservatively kept apart).
+    pub fn decide(
+        &self,
+        existing: NoteRef<'_>,
+        candidate: NoteRef<'_>,
+        evidence: &Evidence,
+    ) -> Decision {
+        match self.stage(existing, candidate) {
+            Stage::Decided(d) => d,
+            Stage::NeedsSpans(cosine, None) => Decision {
                 cosine,
                 duplicate: true,
                 reason: Reason::SemanticMatch,
+                span_cosine: None,
             },
+            Stage::NeedsSpans(cosine, Some(_)) => {
+                let span_cosine =
+                    evidence.span_cosine(existing.content_hash, candidate.content_hash);
+                let (duplicate, reason) = match span_cosine {
+                    None => (false, Reason::Unmeasured),
+                    Some(c) if c < self.span_threshold => (false, Reason::DifferentContent),
+                    Some(_) => (true, Reason::SemanticMatch),
+                };
+                Decision {
+                    cosine,
+                    duplicate,
+                    reason,
+                    span_cosine,
+                }
+            }
         }
     }
 
@@ -424,11 +538,11 @@ impl DedupPolicy {
         &self,
         candidate: NoteRef<'_>,
         existing: impl IntoIterator<Item = (K, NoteRef<'a>)>,
+        evidence: &Evidence,
     ) -> Option<(K, Decision)> {
         let mut best: Option<(K, Decision)> = None;
         for (key, note) in existing {
-            // Cheap pre-check: exact hash or a cosine that can pass; the guards run only then.
-            let d = self.decide(note, candidate);
+            let d = self.decide(note, candidate, evidence);
             if !d.duplicate {
                 continue;
             }
@@ -443,16 +557,138 @@ impl DedupPolicy {
     }
 }
 
-/// The first guard that fires for two similar notes, if any.
-fn guard(a: &str, b: &str) -> Option<Reason> {
-    let (na, nb) = (normalize(a), normalize(b));
-    let ta: Vec<&str> = na.split(' ').collect();
-    let tb: Vec<&str> = nb.split(' ').collect();
+/// A note's words as the guards compare them.
+struct Words {
+    /// Normalised words (as [`normalize`] gives them).
+    plain: Vec<String>,
+    /// The same words folded for alignment: subject and object pronouns merged (`me` = `i`),
+    /// a plural or third-person `s` dropped, number words as digits.
+    folded: Vec<String>,
+}
+
+impl Words {
+    fn of(text: &str) -> Self {
+        let plain: Vec<String> = normalize(text)
+            .split(' ')
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let folded = plain.iter().map(|w| fold(w)).collect();
+        Self { plain, folded }
+    }
+
+    fn plain_refs(&self) -> Vec<&str> {
+        self.plain.iter().map(String::as_str).collect()
+    }
+}
+
+/// Subject and object forms of a pronoun name the same person; possessives stay apart, since
+/// "my mother forgave me" and "I forgave my mother" differ in who did what.
+fn fold(word: &str) -> String {
+    let w = match word {
+        "me" => "i",
+        "him" => "he",
+        "us" => "we",
+        "them" => "they",
+        other => other,
+    };
+    if let Some(n) = number_value(w) {
+        return n.to_owned();
+    }
+    let stem = w.len() > 3
+        && w.ends_with('s')
+        && !(w.ends_with("ss") || w.ends_with("us") || w.ends_with("is"));
+    if stem {
+        w[..w.len() - 1].to_owned()
+    } else {
+        w.to_owned()
+    }
+}
+
+/// Which words of `a` and of `b` are outside their longest common subsequence (by folded word).
+fn unmatched(a: &[String], b: &[String]) -> (Vec<bool>, Vec<bool>) {
+    let (n, m) = (a.len(), b.len());
+    let mut dp = vec![vec![0u16; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            dp[i][j] = if a[i] == b[j] {
+                dp[i + 1][j + 1] + 1
+            } else {
+                dp[i + 1][j].max(dp[i][j + 1])
+            };
+        }
+    }
+    let (mut ua, mut ub) = (vec![true; n], vec![true; m]);
+    let (mut i, mut j) = (0, 0);
+    while i < n && j < m {
+        if a[i] == b[j] {
+            ua[i] = false;
+            ub[j] = false;
+            i += 1;
+            j += 1;
+        } else if dp[i + 1][j] >= dp[i][j + 1] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    (ua, ub)
+}
+
+/// The content words each note has that the other lacks (text only), when both have some: what
+/// the span guard would embed for two notes.
+pub fn differing_words(existing: &str, candidate: &str) -> Option<Spans> {
+    differing_spans(&Words::of(existing), &Words::of(candidate))
+}
+
+/// The content words each note has that the other lacks, when both have some. Function words
+/// are left out (alone, the model embeds them as noise), and a one-sided addition is left to
+/// the cosine.
+fn differing_spans(a: &Words, b: &Words) -> Option<Spans> {
+    let (ua, ub) = unmatched(&a.folded, &b.folded);
+    let pick = |w: &Words, u: &[bool]| -> String {
+        w.plain
+            .iter()
+            .zip(u)
+            .filter(|(w, u)| {
+                **u && !FUNCTION_WORDS.contains(&w.as_str()) && !NEGATIONS.contains(&w.as_str())
+            })
+            .map(|(w, _)| w.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (sa, sb) = (pick(a, &ua), pick(b, &ub));
+    if sa.is_empty() || sb.is_empty() {
+        return None;
+    }
+    Some(Spans {
+        existing: embedding_text(&sa),
+        candidate: embedding_text(&sb),
+    })
+}
+
+/// The first text guard that fires for two similar notes, if any.
+fn guard(a: &Words, b: &Words) -> Option<Reason> {
+    let (ta, tb) = (a.plain_refs(), b.plain_refs());
+    if unreadable_difference(a, b) {
+        return Some(Reason::UnreadableText);
+    }
+    if let (Some(ka), Some(kb)) = (note_kind(&ta), note_kind(&tb)) {
+        if ka != kb {
+            return Some(Reason::KindDiffers);
+        }
+    }
     if negation_parity(&ta) != negation_parity(&tb) {
         return Some(Reason::NegationDiffers);
     }
-    if numbers(&ta) != numbers(&tb) {
+    if numbers(&a.folded) != numbers(&b.folded) {
         return Some(Reason::NumbersDiffer);
+    }
+    if persons(&ta) != persons(&tb) {
+        return Some(Reason::PersonsDiffer);
+    }
+    if reordered(&a.folded, &b.folded) {
+        return Some(Reason::WordOrder);
     }
     if opposite_terms(&ta, &tb) {
         return Some(Reason::OppositeTerms);
@@ -463,6 +699,249 @@ fn guard(a: &str, b: &str) -> Option<Reason> {
     }
     None
 }
+
+/// Whether a letter is one all-MiniLM-L6-v2 (an English model) can read: Latin script.
+fn readable_letter(c: char) -> bool {
+    !c.is_alphabetic()
+        || c.is_ascii()
+        || ('\u{00C0}'..='\u{024F}').contains(&c)
+        || ('\u{1E00}'..='\u{1EFF}').contains(&c)
+}
+
+/// Whether the words the notes do not share include one the model cannot read: its cosine then
+/// measures the shared words only, so only an exact match may merge such notes.
+fn unreadable_difference(a: &Words, b: &Words) -> bool {
+    let (ua, ub) = unmatched(&a.folded, &b.folded);
+    let unreadable = |w: &Words, u: &[bool]| {
+        w.plain
+            .iter()
+            .zip(u)
+            .any(|(w, u)| *u && !w.chars().all(readable_letter))
+    };
+    unreadable(a, &ua) || unreadable(b, &ub)
+}
+
+/// The kind the extractor marks a note with (`Asked:` or `Reflected on:`), if any: what the user
+/// asked and what they reflected on are different facts, however alike the words.
+fn note_kind(tokens: &[&str]) -> Option<&'static str> {
+    match tokens {
+        ["asked", ..] => Some("asked"),
+        ["reflected", "on", ..] => Some("reflected"),
+        _ => None,
+    }
+}
+
+/// The grammatical persons a note speaks of (first singular, first plural, second, he, she, they):
+/// "he sends his salary" and "I send my salary" are different facts about the user.
+fn persons(tokens: &[&str]) -> BTreeSet<u8> {
+    tokens
+        .iter()
+        .filter_map(|t| match *t {
+            "i" | "me" | "my" | "mine" | "myself" | "im" | "ive" | "id" | "ill" => Some(1),
+            "we" | "us" | "our" | "ours" | "ourselves" => Some(2),
+            "you" | "your" | "yours" | "yourself" | "youre" => Some(3),
+            "he" | "him" | "his" | "himself" => Some(4),
+            "she" | "her" | "hers" | "herself" => Some(5),
+            "they" | "them" | "their" | "theirs" | "themselves" => Some(6),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Longest notes (in words) whose reorderings are analysed; longer ones count as reordered.
+const MAX_REORDER_WORDS: usize = 48;
+
+/// Whether the words the notes share appear in another order, other than by moving one block
+/// ("after fajr I read" = "I read after fajr") or swapping the two sides of an `and`/`or`.
+/// Roles and sequences live in word order ("my mother forgave me" / "I forgave my mother",
+/// "work, then rest" / "rest, then work"), which the model barely sees.
+fn reordered(a: &[String], b: &[String]) -> bool {
+    let (pa, pb) = (common(a, b), common(b, a));
+    if pa == pb {
+        return false;
+    }
+    if pa.len() > MAX_REORDER_WORDS {
+        return true;
+    }
+    !(one_block_moved(&pa, &pb) || conjuncts_swapped(&pa, &pb))
+}
+
+/// The words of `x` that `y` also has (as many times as `y` has them), in `x`'s order.
+fn common<'a>(x: &'a [String], y: &[String]) -> Vec<&'a str> {
+    let mut left: HashMap<&str, usize> = HashMap::new();
+    for w in y {
+        *left.entry(w.as_str()).or_default() += 1;
+    }
+    x.iter()
+        .filter_map(|w| match left.get_mut(w.as_str()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Some(w.as_str())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn one_block_moved(a: &[&str], b: &[&str]) -> bool {
+    let n = a.len();
+    for start in 0..n {
+        for end in start + 1..=n {
+            let block = &a[start..end];
+            let rest: Vec<&str> = a[..start].iter().chain(&a[end..]).copied().collect();
+            for at in 0..=rest.len() {
+                if rest[..at]
+                    .iter()
+                    .chain(block)
+                    .chain(&rest[at..])
+                    .eq(b.iter())
+                {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// The two sides of one `and`/`or` swapped ("patience and prayer" = "prayer and patience").
+fn conjuncts_swapped(a: &[&str], b: &[&str]) -> bool {
+    let Some(first) = a.iter().zip(b).position(|(x, y)| x != y) else {
+        return false;
+    };
+    let Some(from_end) = a.iter().rev().zip(b.iter().rev()).position(|(x, y)| x != y) else {
+        return false;
+    };
+    let (ra, rb) = (&a[first..a.len() - from_end], &b[first..b.len() - from_end]);
+    ra.iter().enumerate().any(|(k, w)| {
+        (*w == "and" || *w == "or")
+            && rb.len() == ra.len()
+            && ra[k + 1..].iter().chain([w]).chain(&ra[..k]).eq(rb.iter())
+    })
+}
+
+/// English closed-class words (determiners, pronouns, auxiliaries and modals, prepositions,
+/// conjunctions, question words): grammar, not content, so not compared by the span guard.
+/// Negations are not here: the negation guard handles them.
+const FUNCTION_WORDS: &[&str] = &[
+    "a",
+    "an",
+    "the",
+    "this",
+    "that",
+    "these",
+    "those",
+    "some",
+    "any",
+    "each",
+    "every",
+    "i",
+    "me",
+    "my",
+    "mine",
+    "myself",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "he",
+    "him",
+    "his",
+    "himself",
+    "she",
+    "her",
+    "hers",
+    "herself",
+    "it",
+    "its",
+    "itself",
+    "we",
+    "us",
+    "our",
+    "ours",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "im",
+    "ive",
+    "id",
+    "ill",
+    "youre",
+    "is",
+    "am",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "do",
+    "does",
+    "did",
+    "have",
+    "has",
+    "had",
+    "having",
+    "can",
+    "could",
+    "will",
+    "would",
+    "shall",
+    "should",
+    "may",
+    "might",
+    "must",
+    "to",
+    "of",
+    "in",
+    "on",
+    "at",
+    "by",
+    "for",
+    "with",
+    "from",
+    "into",
+    "onto",
+    "about",
+    "as",
+    "than",
+    "so",
+    "and",
+    "or",
+    "but",
+    "if",
+    "then",
+    "because",
+    "while",
+    "when",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "whose",
+    "how",
+    "why",
+    "where",
+    "there",
+    "here",
+    "just",
+    "also",
+    "too",
+    "very",
+    "really",
+    "up",
+    "out",
+    "get",
+    "gets",
+    "got",
+    "one",
+    "ones",
+    "someone",
+    "something",
+    "asked",
+    "reflected",
+];
 
 /// Words that negate (after normalisation, so `don't` is `dont`).
 const NEGATIONS: &[&str] = &[
@@ -476,16 +955,45 @@ fn negation_parity(tokens: &[&str]) -> bool {
     tokens.iter().filter(|t| NEGATIONS.contains(t)).count() % 2 == 1
 }
 
-const NUMBER_WORDS: &[&str] = &[
-    "zero", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-    "twelve", "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million", "once",
-    "twice", "thrice", "half", "first", "second", "third", "fourth", "fifth", "seventh", "tenth",
+/// Number words as digits, so `five times` and `5 times` agree.
+const NUMBER_VALUES: &[(&str, &str)] = &[
+    ("zero", "0"),
+    ("two", "2"),
+    ("three", "3"),
+    ("four", "4"),
+    ("five", "5"),
+    ("six", "6"),
+    ("seven", "7"),
+    ("eight", "8"),
+    ("nine", "9"),
+    ("ten", "10"),
+    ("eleven", "11"),
+    ("twelve", "12"),
+    ("twenty", "20"),
+    ("thirty", "30"),
+    ("forty", "40"),
+    ("fifty", "50"),
+    ("hundred", "100"),
+    ("thousand", "1000"),
 ];
 
-fn numbers<'a>(tokens: &[&'a str]) -> BTreeSet<&'a str> {
-    tokens
+/// Words that count or order without being a plain number.
+const NUMBER_WORDS: &[&str] = &[
+    "million", "once", "twice", "thrice", "half", "first", "second", "third", "fourth", "fifth",
+    "seventh", "tenth",
+];
+
+fn number_value(word: &str) -> Option<&'static str> {
+    NUMBER_VALUES
         .iter()
-        .copied()
+        .find(|(w, _)| *w == word)
+        .map(|(_, v)| *v)
+}
+
+fn numbers(folded: &[String]) -> BTreeSet<&str> {
+    folded
+        .iter()
+        .map(String::as_str)
         .filter(|t| t.chars().all(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(t))
         .collect()
 }
@@ -680,6 +1188,9 @@ mod tests {
     fn decide(a: &str, b: &str, eb: &Embedding) -> Result<Decision, Box<dyn std::error::Error>> {
         let (ha, hb) = (content_hash(a), content_hash(b));
         let ea = unit(0)?;
+        // The model is taken to agree on the differing spans: the text guards are under test.
+        let mut evidence = Evidence::default();
+        evidence.insert_span_cosine(&ha, &hb, 1.0);
         Ok(DedupPolicy::with_threshold(0.9).decide(
             NoteRef {
                 text: a,
@@ -691,6 +1202,7 @@ mod tests {
                 content_hash: &hb,
                 embedding: eb,
             },
+            &evidence,
         ))
     }
 
@@ -800,7 +1312,9 @@ mod tests {
                 },
             )
         });
-        let (k, d) = policy.best_match(cand, existing).ok_or("no match")?;
+        let (k, d) = policy
+            .best_match(cand, existing, &Evidence::default())
+            .ok_or("no match")?;
         assert_eq!((k, d.reason), (1, Reason::ExactMatch));
 
         let other_hash = content_hash("Relief comes with patience.");
@@ -819,7 +1333,13 @@ mod tests {
                 },
             )
         });
-        let (k, d) = policy.best_match(cand, existing).ok_or("no match")?;
+        let mut evidence = Evidence::default();
+        for h in &hashes {
+            evidence.insert_span_cosine(h, &other_hash, 1.0);
+        }
+        let (k, d) = policy
+            .best_match(cand, existing, &evidence)
+            .ok_or("no match")?;
         assert_eq!((k, d.reason), (1, Reason::SemanticMatch));
         Ok(())
     }
@@ -865,6 +1385,7 @@ mod tests {
             cosine: 0.5,
             duplicate: false,
             reason: Reason::BelowThreshold,
+            span_cosine: None,
         };
         assert_eq!(serde_json::to_value(d)?["reason"], "below_threshold");
         Ok(())

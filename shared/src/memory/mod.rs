@@ -1,11 +1,14 @@
 //! Long-term memory: note extraction, semantic dedup, and the store behind it.
 
+pub mod decide;
 pub mod dedup;
 pub mod error;
+pub mod eval;
 pub mod extract;
 pub mod normalize;
 pub mod plan;
 pub mod service;
 pub mod store;
+pub mod variants;
 
 pub use error::MemoryError;

@@ -3,14 +3,16 @@
 //! execute, counts); nothing here knows about the database.
 //!
 //! Each candidate is decided with [`DedupPolicy::best_match`] against the user's notes and
-//! against the record's earlier candidates that are inserted, in that order. Two rules hold for
+//! against the record's earlier candidates that are inserted, in that order. What the model must
+//! measure beyond the notes' embeddings (the differing spans of similar pairs) is listed first by
+//! [`span_requests`], measured by the caller, and passed in as [`Evidence`]. Two rules hold for
 //! one event:
 //! - a candidate repeating an earlier candidate of the same event is a duplicate but reinforces
 //!   nothing (the note it repeats is new: it was not "seen again");
 //! - a note is reinforced at most once per event, however many candidates match it, so
 //!   `times_seen` counts events, not sentences.
 
-use crate::memory::dedup::{Decision, DedupPolicy, NoteRef};
+use crate::memory::dedup::{Decision, DedupPolicy, Evidence, NoteRef, Spans};
 use crate::types::{Embedding, NoteId};
 
 /// A candidate note, ready to be stored.
@@ -80,8 +82,78 @@ enum Origin {
     EarlierCandidate(usize),
 }
 
-/// The actions for `candidates` (one per candidate, in order) against the user's `known` notes.
-pub fn plan(policy: &DedupPolicy, known: &[KnownNote], candidates: &[Candidate]) -> Vec<Action> {
+/// One pair whose differing spans the model must compare before [`plan`] can decide it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanRequest {
+    /// Content hash of the note compared with (stored note or earlier candidate).
+    pub existing_hash: String,
+    /// Content hash of the candidate.
+    pub candidate_hash: String,
+    /// The two notes' differing words.
+    pub spans: Spans,
+}
+
+/// Every pair [`plan`] may compare whose decision needs the span guard: each candidate against
+/// each known note and each earlier candidate. Only pairs above the threshold with no text guard
+/// firing are listed, so this is usually empty or short; a pair is listed once.
+pub fn span_requests(
+    policy: &DedupPolicy,
+    known: &[KnownNote],
+    candidates: &[Candidate],
+) -> Vec<SpanRequest> {
+    let mut requests: Vec<SpanRequest> = Vec::new();
+    for (index, candidate) in candidates.iter().enumerate() {
+        let this = candidate.as_ref();
+        let others = known
+            .iter()
+            .map(KnownNote::as_ref)
+            .chain(candidates[..index].iter().map(Candidate::as_ref));
+        for other in others {
+            if let Some(spans) = policy.spans_needed(other, this) {
+                let seen = requests.iter().any(|r| {
+                    r.existing_hash == other.content_hash && r.candidate_hash == this.content_hash
+                });
+                if !seen {
+                    requests.push(SpanRequest {
+                        existing_hash: other.content_hash.to_owned(),
+                        candidate_hash: this.content_hash.to_owned(),
+                        spans,
+                    });
+                }
+            }
+        }
+    }
+    requests
+}
+
+impl Candidate {
+    fn as_ref(&self) -> NoteRef<'_> {
+        NoteRef {
+            text: &self.text,
+            content_hash: &self.content_hash,
+            embedding: &self.embedding,
+        }
+    }
+}
+
+impl KnownNote {
+    fn as_ref(&self) -> NoteRef<'_> {
+        NoteRef {
+            text: &self.text,
+            content_hash: &self.content_hash,
+            embedding: &self.embedding,
+        }
+    }
+}
+
+/// The actions for `candidates` (one per candidate, in order) against the user's `known` notes,
+/// given the span measurements `evidence` (see [`span_requests`]).
+pub fn plan(
+    policy: &DedupPolicy,
+    known: &[KnownNote],
+    candidates: &[Candidate],
+    evidence: &Evidence,
+) -> Vec<Action> {
     // Stored notes come first and `best_match` keeps the first of equal cosines, so a tie
     // reinforces the stored note rather than counting as a repeat of this event.
     let mut notes: Vec<(NoteRef<'_>, Origin)> = Vec::with_capacity(known.len() + candidates.len());
@@ -106,7 +178,11 @@ pub fn plan(policy: &DedupPolicy, known: &[KnownNote], candidates: &[Candidate])
             content_hash: &candidate.content_hash,
             embedding: &candidate.embedding,
         };
-        let matched = policy.best_match(this, notes.iter().enumerate().map(|(i, (n, _))| (i, *n)));
+        let matched = policy.best_match(
+            this,
+            notes.iter().enumerate().map(|(i, (n, _))| (i, *n)),
+            evidence,
+        );
         let action = match matched {
             None => {
                 notes.push((this, Origin::EarlierCandidate(index)));
@@ -180,8 +256,18 @@ mod tests {
         }
     }
 
+    /// Plans with the model saying every requested pair's differing spans agree (cosine 1).
     fn run(known: &[KnownNote], candidates: &[Candidate]) -> Vec<Action> {
-        plan(&DedupPolicy::with_threshold(THRESHOLD), known, candidates)
+        run_with_spans(known, candidates, 1.0)
+    }
+
+    fn run_with_spans(known: &[KnownNote], candidates: &[Candidate], span: f32) -> Vec<Action> {
+        let policy = DedupPolicy::with_threshold(THRESHOLD);
+        let mut evidence = Evidence::default();
+        for r in span_requests(&policy, known, candidates) {
+            evidence.insert_span_cosine(&r.existing_hash, &r.candidate_hash, span);
+        }
+        plan(&policy, known, candidates, &evidence)
     }
 
     #[test]
@@ -221,6 +307,39 @@ mod tests {
             return Err(format!("expected one reinforcement, got {actions:?}").into());
         };
         assert_eq!((*note, decision.reason), (NoteId(7), Reason::SemanticMatch));
+        Ok(())
+    }
+
+    #[test]
+    fn a_look_alike_whose_differing_words_mean_something_else_is_inserted() -> TestResult {
+        let notes = [known(7, "Trust builds friendship.", axis(0)?)];
+        let cands = [candidate("Trust erodes friendship.", tilted(0.95, 1)?)];
+        assert_eq!(run_with_spans(&notes, &cands, 0.1), [Action::Insert]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_pair_whose_spans_were_not_measured_is_kept_apart() -> TestResult {
+        let notes = [known(7, "Trust builds friendship.", axis(0)?)];
+        let cands = [candidate("Trust grows friendship.", tilted(0.95, 1)?)];
+        let policy = DedupPolicy::with_threshold(THRESHOLD);
+        assert_eq!(span_requests(&policy, &notes, &cands).len(), 1);
+        assert_eq!(
+            plan(&policy, &notes, &cands, &Evidence::default()),
+            [Action::Insert]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn pairs_below_the_threshold_or_exact_need_no_measurement() -> TestResult {
+        let notes = [
+            known(1, "Patience is the key to relief.", axis(0)?),
+            known(2, "Charity never decreases wealth.", axis(1)?),
+        ];
+        let cands = [candidate("patience is the KEY to relief", axis(2)?)];
+        let policy = DedupPolicy::with_threshold(THRESHOLD);
+        assert!(span_requests(&policy, &notes, &cands).is_empty());
         Ok(())
     }
 

@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
+use crate::config::DedupConfig;
 use crate::db::Db;
 use crate::embed::Embedder;
 use crate::events::ElaborationCompleted;
-use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, NoteRef};
+use crate::memory::decide::{span_cosines, Decider};
+use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans};
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
 use crate::memory::normalize::content_hash;
 use crate::memory::plan::Candidate;
@@ -83,13 +85,23 @@ impl MemoryService {
         }
     }
 
-    /// The production wiring: the default extractor, the real embedder, PostgreSQL.
+    /// The production wiring: the default extractor, the real embedder, PostgreSQL (with the
+    /// default number of variants per note).
     pub fn postgres(db: Db, embedder: Embedder, policy: DedupPolicy) -> Self {
-        Self::new(
-            Arc::new(DefaultExtractor),
-            Arc::new(embedder),
-            Arc::new(PgMemoryStore::new(db, policy)),
-        )
+        Self::postgres_with_variants(db, embedder, policy, DedupConfig::DEFAULT_VARIANTS_MAX)
+    }
+
+    /// [`postgres`](Self::postgres), keeping at most `variants_max` variants per note.
+    pub fn postgres_with_variants(
+        db: Db,
+        embedder: Embedder,
+        policy: DedupPolicy,
+        variants_max: u32,
+    ) -> Self {
+        let embedder: Arc<dyn TextEmbedder> = Arc::new(embedder);
+        let store = PgMemoryStore::new(db, Decider::new(policy, embedder.clone()))
+            .with_variants_max(variants_max);
+        Self::new(Arc::new(DefaultExtractor), embedder, Arc::new(store))
     }
 
     /// Applies one event to its user's memory, exactly once (a redelivery changes nothing).
@@ -151,26 +163,67 @@ pub async fn decide_texts(
     existing: &str,
     candidate: &str,
 ) -> Result<Decision, MemoryError> {
-    let embeddings = embedder
-        .embed_texts(vec![embedding_text(existing), embedding_text(candidate)])
-        .await?;
-    let [a, b] = embeddings.as_slice() else {
+    let mut decisions = decide_pairs(embedder, policy, &[(existing, candidate)]).await?;
+    decisions.pop().ok_or(MemoryError::EmbedCount {
+        expected: 2,
+        got: 0,
+    })
+}
+
+/// [`decide_texts`] for many `(existing, candidate)` pairs, embedding every text in one call.
+pub async fn decide_pairs(
+    embedder: &dyn TextEmbedder,
+    policy: &DedupPolicy,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<Decision>, MemoryError> {
+    let texts: Vec<String> = pairs
+        .iter()
+        .flat_map(|(a, b)| [embedding_text(a), embedding_text(b)])
+        .collect();
+    let expected = texts.len();
+    let embeddings = embedder.embed_texts(texts).await?;
+    if embeddings.len() != expected {
         return Err(MemoryError::EmbedCount {
-            expected: 2,
+            expected,
             got: embeddings.len(),
         });
+    }
+    let hashes: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(a, b)| (content_hash(a), content_hash(b)))
+        .collect();
+    let refs = |i: usize| {
+        let e = &embeddings[2 * i..2 * i + 2];
+        (
+            NoteRef {
+                text: pairs[i].0,
+                content_hash: &hashes[i].0,
+                embedding: &e[0],
+            },
+            NoteRef {
+                text: pairs[i].1,
+                content_hash: &hashes[i].1,
+                embedding: &e[1],
+            },
+        )
     };
-    let (ha, hb) = (content_hash(existing), content_hash(candidate));
-    Ok(policy.decide(
-        NoteRef {
-            text: existing,
-            content_hash: &ha,
-            embedding: a,
-        },
-        NoteRef {
-            text: candidate,
-            content_hash: &hb,
-            embedding: b,
-        },
-    ))
+    // Exactly as the consumer: the spans of the pairs that need them, measured in one batch.
+    let needed: Vec<(usize, Spans)> = (0..pairs.len())
+        .filter_map(|i| {
+            let (a, b) = refs(i);
+            policy.spans_needed(a, b).map(|s| (i, s))
+        })
+        .collect();
+    let spans: Vec<&Spans> = needed.iter().map(|(_, s)| s).collect();
+    let cosines = span_cosines(embedder, &spans).await?;
+    let mut evidence = Evidence::default();
+    for ((i, _), c) in needed.iter().zip(cosines) {
+        evidence.insert_span_cosine(&hashes[*i].0, &hashes[*i].1, c);
+    }
+    Ok((0..pairs.len())
+        .map(|i| {
+            let (a, b) = refs(i);
+            policy.decide(a, b, &evidence)
+        })
+        .collect())
 }

@@ -8,7 +8,9 @@
 //! 3. the user's notes are loaded and [`plan`] decides each candidate (insert, reinforce a
 //!    note at most once per event, or skip a repeat);
 //! 4. the plan is executed: new notes are inserted, matched notes reinforced (`times_seen + 1`,
-//!    `last_seen_at`);
+//!    `last_seen_at`), and every candidate judged a *semantic* duplicate is kept as a variant of
+//!    the note it matched (`note_variants`, the most recent `variants_max` per note), so a merge
+//!    loses nothing and can be split back out; exact duplicates only reinforce;
 //! 5. the counts are written to the `processed_events` row, and the transaction commits.
 //!
 //! A failure anywhere rolls everything back (including the `processed_events` row), so the
@@ -16,9 +18,11 @@
 
 use futures::future::BoxFuture;
 
+use crate::config::DedupConfig;
 use crate::db::{Client, Db};
-use crate::memory::dedup::DedupPolicy;
-use crate::memory::plan::{plan, Action, Candidate, KnownNote};
+use crate::memory::decide::Decider;
+use crate::memory::dedup::{Decision, Reason};
+use crate::memory::plan::{Action, Candidate, KnownNote, SkipReason};
 use crate::memory::MemoryError;
 use crate::types::{Embedding, EventId, NoteId, UserId};
 
@@ -44,6 +48,8 @@ pub struct StoreOutcome {
     pub notes_reinforced: u32,
     /// Candidates judged duplicates (of an existing note or of an earlier candidate).
     pub duplicates: u32,
+    /// Semantic duplicates kept as variants of the note they matched.
+    pub variants_added: u32,
 }
 
 /// Stores candidate notes exactly once per event.
@@ -59,7 +65,8 @@ pub trait MemoryStore: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct PgMemoryStore {
     db: Db,
-    policy: DedupPolicy,
+    decider: Decider,
+    variants_max: u32,
 }
 
 /// Seed of `hashtextextended` for the per-user advisory lock: keeps our lock keys apart from
@@ -68,18 +75,28 @@ pub struct PgMemoryStore {
 pub const USER_LOCK_SEED: i64 = 0x6869_6b6d; // "hikm"
 
 impl PgMemoryStore {
-    /// A store over `db` (the pool built once at init) deciding duplicates with `policy`.
-    pub fn new(db: Db, policy: DedupPolicy) -> Self {
-        Self { db, policy }
+    /// A store over `db` (the pool built once at init) deciding duplicates with `decider`.
+    pub fn new(db: Db, decider: Decider) -> Self {
+        Self {
+            db,
+            decider,
+            variants_max: DedupConfig::DEFAULT_VARIANTS_MAX,
+        }
+    }
+
+    /// Keeps at most `max` variants per note (the most recent); 0 keeps none.
+    pub fn with_variants_max(mut self, max: u32) -> Self {
+        self.variants_max = max;
+        self
     }
 
     /// Runs the record's transaction through [`Db::run`], which retries it once on a fresh
     /// connection after a connection-class failure: the transaction did not commit, or, if only
     /// its COMMIT reply was lost, the retry finds the `processed_events` row and changes nothing.
     async fn apply_with_retry(&self, record: &PreparedRecord) -> Result<StoreOutcome, MemoryError> {
-        let policy = &self.policy;
+        let (decider, max) = (&self.decider, self.variants_max);
         self.db
-            .run(|mut conn| async move { apply_in_transaction(&mut conn, policy, record).await })
+            .run(|mut conn| async move { apply_in_transaction(&mut conn, decider, max, record).await })
             .await
     }
 }
@@ -95,7 +112,8 @@ impl MemoryStore for PgMemoryStore {
 
 async fn apply_in_transaction(
     client: &mut Client,
-    policy: &DedupPolicy,
+    decider: &Decider,
+    variants_max: u32,
     record: &PreparedRecord,
 ) -> Result<StoreOutcome, MemoryError> {
     let user = record.user_id.as_str();
@@ -145,9 +163,11 @@ async fn apply_in_transaction(
     }
 
     let mut outcome = StoreOutcome::default();
-    let actions = plan(policy, &known, &record.candidates);
-    for (candidate, action) in record.candidates.iter().zip(actions) {
-        match action {
+    let actions = decider.actions(&known, &record.candidates).await?;
+    // The id each inserted candidate got, for variants of later candidates that repeat it.
+    let mut inserted_ids: Vec<Option<i64>> = vec![None; record.candidates.len()];
+    for (index, (candidate, action)) in record.candidates.iter().zip(actions).enumerate() {
+        let variant_of = match action {
             Action::Insert => {
                 // Every stored hash of the user was compared under the lock, so a conflict
                 // means a row written without the lock since the load: the same note
@@ -158,20 +178,22 @@ async fn apply_in_transaction(
                          VALUES ($1, $2, $3, $4, $5) \
                          ON CONFLICT (user_id, content_hash) \
                          DO UPDATE SET times_seen = memory_notes.times_seen + 1, last_seen_at = now() \
-                         RETURNING (xmax = 0) AS inserted",
+                         RETURNING id, (xmax = 0) AS inserted",
                         &[&user, &candidate.text, &candidate.content_hash, &candidate.embedding.as_slice(), &event],
                     )
                     .await
                     .map_err(db)?;
-                let fresh: bool = row.try_get(0).map_err(db)?;
+                let fresh: bool = row.try_get(1).map_err(db)?;
                 if fresh {
+                    inserted_ids[index] = Some(row.try_get(0).map_err(db)?);
                     outcome.notes_added += 1;
                 } else {
                     outcome.duplicates += 1;
                     outcome.notes_reinforced += 1;
                 }
+                None
             }
-            Action::Reinforce { note, .. } => {
+            Action::Reinforce { note, decision } => {
                 tx.execute(
                     "UPDATE memory_notes SET times_seen = times_seen + 1, last_seen_at = now() WHERE id = $1",
                     &[&note.0],
@@ -180,8 +202,24 @@ async fn apply_in_transaction(
                 .map_err(db)?;
                 outcome.duplicates += 1;
                 outcome.notes_reinforced += 1;
+                Some((Some(note.0), decision))
             }
-            Action::Skip { .. } => outcome.duplicates += 1,
+            Action::Skip { decision, reason } => {
+                outcome.duplicates += 1;
+                let target = match reason {
+                    SkipReason::NoteAlreadyReinforced { note } => Some(note.0),
+                    SkipReason::RepeatsEarlierCandidate { earlier } => {
+                        inserted_ids.get(earlier).copied().flatten()
+                    }
+                };
+                Some((target, decision))
+            }
+        };
+        if let Some((Some(note_id), decision)) = variant_of {
+            if decision.reason != Reason::ExactMatch && variants_max > 0 {
+                insert_variant(&tx, note_id, candidate, event, &decision, variants_max).await?;
+                outcome.variants_added += 1;
+            }
         }
     }
 
@@ -195,6 +233,32 @@ async fn apply_in_transaction(
     .map_err(db)?;
     tx.commit().await.map_err(db)?;
     Ok(outcome)
+}
+
+/// Keeps `candidate` as a variant of note `note_id`, then drops the note's variants beyond the
+/// most recent `max`.
+async fn insert_variant(
+    tx: &tokio_postgres::Transaction<'_>,
+    note_id: i64,
+    candidate: &Candidate,
+    event: uuid::Uuid,
+    decision: &Decision,
+    max: u32,
+) -> Result<(), MemoryError> {
+    tx.execute(
+        "INSERT INTO note_variants (note_id, content, event_id, cosine, reason) VALUES ($1, $2, $3, $4, $5)",
+        &[&note_id, &candidate.text, &event, &decision.cosine, &decision.reason.as_str()],
+    )
+    .await
+    .map_err(db)?;
+    tx.execute(
+        "DELETE FROM note_variants WHERE note_id = $1 AND id NOT IN \
+         (SELECT id FROM note_variants WHERE note_id = $1 ORDER BY id DESC LIMIT $2)",
+        &[&note_id, &i64::from(max)],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 fn db(err: tokio_postgres::Error) -> MemoryError {

@@ -18,5 +18,6 @@ mod elaborate;
 mod elaborate_lambda;
 mod embedder;
 mod local_runner;
+mod memory_routes;
 mod migrations;
 mod pool;

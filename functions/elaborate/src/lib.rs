@@ -9,24 +9,29 @@
 
 use std::sync::Arc;
 
-use axum::routing::{any, post};
+use axum::http::Method;
+use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
 use shared::aws::AwsConfig;
 use shared::config::{ConfigError, DbConfig, ElaborateConfig, Env, LlmConfig, QueueConfig};
 use shared::db::{Db, DbError};
 use shared::elaboration::{Elaborator, PgNotes};
 use shared::llm::LlmError;
+use shared::memory::account::MemoryAccount;
 use shared::publish::{Publisher, SqsPublisher};
 
 use routes::{elaborate, method_not_allowed, not_found};
 
 mod error;
 mod identity;
+mod memory_routes;
 mod routes;
 mod sse;
 
-/// The one route; API Gateway REST may prefix it with the stage (`/Prod/hikmah/...`).
+/// The streaming route; API Gateway REST may prefix every route with the stage (`/Prod/hikmah/...`).
 pub const ROUTE: &str = "/hikmah/elaborate/stream";
+/// The memory routes' root: `GET`/`DELETE` here, `GET .../export`, `DELETE .../{note_id}`.
+pub const MEMORY_ROUTE: &str = "/hikmah/memory";
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Pool size when `POOL_MAX_SIZE` is unset: an execution environment serves one request at a
@@ -40,6 +45,8 @@ pub struct AppState {
     config: Arc<ElaborateConfig>,
     /// The pool behind the notes source, when this state owns one (closed at shutdown).
     db: Option<Db>,
+    /// The memory routes' service; without one they answer 404.
+    memory: Option<MemoryAccount>,
 }
 
 /// Why the function cannot start; each variant says what to fix.
@@ -63,7 +70,14 @@ impl AppState {
             elaborator,
             config: Arc::new(config),
             db: None,
+            memory: None,
         }
+    }
+
+    /// Serves the memory routes through `memory`.
+    pub fn with_memory(mut self, memory: MemoryAccount) -> Self {
+        self.memory = Some(memory);
+        self
     }
 
     /// The Lambda wiring: [`AppState::build`] publishing to the SQS queue `MEMORY_QUEUE_URL`.
@@ -107,8 +121,8 @@ impl AppState {
             config.memory_context_notes,
         );
         Ok(Self {
-            db: Some(db),
-            ..Self::new(elaborator, config)
+            db: Some(db.clone()),
+            ..Self::new(elaborator, config).with_memory(MemoryAccount::postgres(db))
         })
     }
 
@@ -123,14 +137,37 @@ impl AppState {
     }
 }
 
-/// The HTTP surface: `POST /hikmah/elaborate/stream` (also under a stage prefix), JSON 404/405.
+/// The HTTP surface, each route also under a stage prefix, with JSON 404/405:
+/// `POST /hikmah/elaborate/stream`, and the memory routes (`GET|DELETE /hikmah/memory`,
+/// `GET /hikmah/memory/export`, `DELETE /hikmah/memory/{note_id}`).
 pub fn router(state: AppState) -> Router {
-    let endpoint = || post(elaborate).fallback(method_not_allowed);
-    Router::new()
-        .route(ROUTE, endpoint())
-        .route(&format!("/{{stage}}{ROUTE}"), endpoint())
-        .fallback(any(not_found))
-        .with_state(state)
+    let only = |allow: &'static str| {
+        move |method: Method| async move { method_not_allowed(&method, allow) }
+    };
+    let routes: [(&str, MethodRouter<AppState>); 4] = [
+        (ROUTE, post(elaborate).fallback(only("POST"))),
+        (
+            MEMORY_ROUTE,
+            get(memory_routes::list)
+                .delete(memory_routes::forget)
+                .fallback(only("GET, DELETE")),
+        ),
+        (
+            "/hikmah/memory/export",
+            get(memory_routes::export).fallback(only("GET")),
+        ),
+        (
+            "/hikmah/memory/{note_id}",
+            delete(memory_routes::delete_note).fallback(only("DELETE")),
+        ),
+    ];
+    let mut router = Router::new();
+    for (path, methods) in routes {
+        router = router
+            .route(&format!("/{{stage}}{path}"), methods.clone())
+            .route(path, methods);
+    }
+    router.fallback(any(not_found)).with_state(state)
 }
 
 /// Serves [`router`] over plain HTTP/1.1 on `listener` (the local runner, tests, benchmarks).

@@ -11,26 +11,29 @@ use shared::error_code::ErrorCode;
 use crate::error::ApiError;
 use crate::identity::authorizer_identity;
 use crate::sse::{sse_response, sse_stream, to_sse, KEEPALIVE};
-use crate::{AppState, MAX_BODY_BYTES, ROUTE};
+use crate::{AppState, MAX_BODY_BYTES, MEMORY_ROUTE, ROUTE};
 
-/// Any other path: a JSON 404 naming the one endpoint.
+/// Any other path: a JSON 404 naming the routes.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
-        format!("no such route; the endpoint is POST {ROUTE}"),
+        format!(
+            "no such route; the routes are POST {ROUTE}, GET|DELETE {MEMORY_ROUTE}, \
+             GET {MEMORY_ROUTE}/export and DELETE {MEMORY_ROUTE}/{{note_id}}"
+        ),
     )
 }
 
-/// The endpoint with another method than `POST`: a JSON 405 with `Allow: POST`.
-pub(crate) async fn method_not_allowed(method: Method) -> Response {
+/// A route with a method it does not serve: a JSON 405 with `Allow: <allow>`.
+pub(crate) fn method_not_allowed(method: &Method, allow: &'static str) -> Response {
     let mut response = ApiError::new(
         ErrorCode::MethodNotAllowed,
-        format!("{method} is not allowed; use POST"),
+        format!("{method} is not allowed; use {allow}"),
     )
     .into_response();
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 

@@ -1,5 +1,6 @@
 //! Long-term memory: note extraction, semantic dedup, and the store behind it.
 
+pub mod account;
 pub mod dedup;
 pub mod error;
 pub mod extract;

@@ -1,5 +1,6 @@
 //! The memory service: one completed elaboration in, the user's memory updated exactly once.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ pub struct ApplyOutcome {
     pub user_id: UserId,
     /// The event had been applied before (a redelivery): nothing changed.
     pub already_applied: bool,
+    /// The user forgot their memory after this event was created: nothing was written.
+    pub forgotten: bool,
     /// Candidate notes extracted.
     pub candidates: usize,
     /// Notes inserted.
@@ -49,6 +52,8 @@ pub struct ApplyOutcome {
     pub notes_reinforced: u32,
     /// Candidates that were duplicates.
     pub duplicates: u32,
+    /// The duplicates by the decision's reason (`exact_match`, `semantic_match`).
+    pub duplicates_by_reason: BTreeMap<&'static str, u32>,
     /// Time spent embedding the candidates.
     pub embed_time: Duration,
     /// Time spent in the database (connection, transaction, commit).
@@ -115,6 +120,7 @@ impl MemoryService {
         let record = PreparedRecord {
             event_id: event.event_id,
             user_id: event.user_id.clone(),
+            created_at: event.created_at,
             candidates: notes
                 .into_iter()
                 .zip(embeddings)
@@ -133,10 +139,12 @@ impl MemoryService {
             event_id: event.event_id,
             user_id: event.user_id.clone(),
             already_applied: stored.already_applied,
+            forgotten: stored.forgotten,
             candidates: record.candidates.len(),
             notes_added: stored.notes_added,
             notes_reinforced: stored.notes_reinforced,
             duplicates: stored.duplicates,
+            duplicates_by_reason: stored.duplicates_by_reason,
             embed_time,
             db_time,
         })

@@ -3,21 +3,26 @@
 //! One record is applied in ONE transaction:
 //! 1. `pg_advisory_xact_lock` on the user: records of one user are serialised (across
 //!    concurrent invocations and consumers), records of different users run in parallel;
-//! 2. `INSERT INTO processed_events ... ON CONFLICT DO NOTHING`: a conflict means the event was
+//! 2. if the user forgot their memory (`forgotten_users`) at or after the event's `created_at`,
+//!    the record succeeds and nothing is written: an old event cannot bring a note back;
+//! 3. `INSERT INTO processed_events ... ON CONFLICT DO NOTHING`: a conflict means the event was
 //!    already applied (a redelivery), so the record succeeds and nothing else changes;
-//! 3. the user's notes are loaded and [`plan`] decides each candidate (insert, reinforce a
+//! 4. the user's notes are loaded and [`plan`] decides each candidate (insert, reinforce a
 //!    note at most once per event, or skip a repeat);
-//! 4. the plan is executed: new notes are inserted, matched notes reinforced (`times_seen + 1`,
+//! 5. the plan is executed: new notes are inserted, matched notes reinforced (`times_seen + 1`,
 //!    `last_seen_at`);
-//! 5. the counts are written to the `processed_events` row, and the transaction commits.
+//! 6. the counts are written to the `processed_events` row, and the transaction commits.
 //!
 //! A failure anywhere rolls everything back (including the `processed_events` row), so the
 //! redelivered record is applied from scratch.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::db::{Client, Db};
-use crate::memory::dedup::DedupPolicy;
+use crate::memory::dedup::{DedupPolicy, Reason};
 use crate::memory::plan::{plan, Action, Candidate, KnownNote};
 use crate::memory::MemoryError;
 use crate::types::{Embedding, EventId, NoteId, UserId};
@@ -29,21 +34,37 @@ pub struct PreparedRecord {
     pub event_id: EventId,
     /// Whose memory.
     pub user_id: UserId,
+    /// When the elaboration completed (compared with the user's `forgotten_at`).
+    pub created_at: DateTime<Utc>,
     /// The candidate notes, in extraction order.
     pub candidates: Vec<Candidate>,
 }
 
 /// What applying one record changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreOutcome {
     /// The event had been applied before: nothing changed.
     pub already_applied: bool,
+    /// The user forgot their memory after this event was created: nothing was written.
+    pub forgotten: bool,
     /// Notes inserted.
     pub notes_added: u32,
     /// Existing notes whose `times_seen` went up.
     pub notes_reinforced: u32,
     /// Candidates judged duplicates (of an existing note or of an earlier candidate).
     pub duplicates: u32,
+    /// The duplicates by the decision's reason (`exact_match`, `semantic_match`).
+    pub duplicates_by_reason: BTreeMap<&'static str, u32>,
+}
+
+impl StoreOutcome {
+    fn duplicate(&mut self, reason: Reason) {
+        self.duplicates += 1;
+        *self
+            .duplicates_by_reason
+            .entry(reason.as_str())
+            .or_default() += 1;
+    }
 }
 
 /// Stores candidate notes exactly once per event.
@@ -108,6 +129,20 @@ async fn apply_in_transaction(
     )
     .await
     .map_err(db)?;
+    let forgotten = tx
+        .query_opt(
+            "SELECT 1 FROM forgotten_users WHERE user_id = $1 AND forgotten_at >= $2",
+            &[&user, &record.created_at],
+        )
+        .await
+        .map_err(db)?;
+    if forgotten.is_some() {
+        tx.commit().await.map_err(db)?;
+        return Ok(StoreOutcome {
+            forgotten: true,
+            ..StoreOutcome::default()
+        });
+    }
     let inserted = tx
         .execute(
             "INSERT INTO processed_events (event_id, user_id) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
@@ -167,21 +202,21 @@ async fn apply_in_transaction(
                 if fresh {
                     outcome.notes_added += 1;
                 } else {
-                    outcome.duplicates += 1;
+                    outcome.duplicate(Reason::ExactMatch);
                     outcome.notes_reinforced += 1;
                 }
             }
-            Action::Reinforce { note, .. } => {
+            Action::Reinforce { note, decision } => {
                 tx.execute(
                     "UPDATE memory_notes SET times_seen = times_seen + 1, last_seen_at = now() WHERE id = $1",
                     &[&note.0],
                 )
                 .await
                 .map_err(db)?;
-                outcome.duplicates += 1;
+                outcome.duplicate(decision.reason);
                 outcome.notes_reinforced += 1;
             }
-            Action::Skip { .. } => outcome.duplicates += 1,
+            Action::Skip { decision, .. } => outcome.duplicate(decision.reason),
         }
     }
 

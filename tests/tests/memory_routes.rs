@@ -19,6 +19,7 @@ use shared::elaboration::{Elaborator, PgNotes};
 use shared::llm::OpenAiProvider;
 use shared::memory::account::MemoryAccount;
 use shared::memory::dedup::DedupPolicy;
+use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
 use shared::publish::SqsPublisher;
 
 struct Harness {
@@ -38,6 +39,10 @@ impl Drop for Harness {
 }
 
 async fn harness(trust_body_user_id: bool) -> Harness {
+    harness_with(trust_body_user_id, MetricsSink::Stdout).await
+}
+
+async fn harness_with(trust_body_user_id: bool, metrics: MetricsSink) -> Harness {
     let sqs = hikmah_tests::sqs::client().await;
     let queue_url = sqs
         .create_queue()
@@ -80,7 +85,12 @@ async fn harness(trust_body_user_id: bool) -> Harness {
         trust_body_user_id,
         keepalive: Duration::from_secs(15),
     };
-    let state = AppState::new(elaborator, config).with_memory(MemoryAccount::postgres(pool));
+    let state = AppState::new(elaborator, config)
+        .with_memory(MemoryAccount::postgres(pool))
+        .with_metrics(MetricsEmitter::new(
+            MetricsConfig::new(elaborate::METRICS_SERVICE),
+            metrics,
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let served = state.clone();
@@ -400,8 +410,9 @@ async fn bad_limit_cursor_and_note_id_are_400s_naming_them_and_other_methods_are
 }
 
 #[tokio::test]
-async fn without_an_identity_or_trust_in_the_request_every_memory_route_is_401() {
-    let h = harness(false).await;
+async fn without_an_identity_or_trust_in_the_request_every_memory_route_is_401_and_counted() {
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = harness_with(false, MetricsSink::Memory(lines.clone())).await;
     h.insert_note("alice", "Alice finds calm in walks", 10)
         .await;
     for (method, path) in [
@@ -415,6 +426,19 @@ async fn without_an_identity_or_trust_in_the_request_every_memory_route_is_401()
         assert_eq!(body["error"]["code"], "unauthenticated");
     }
     assert_eq!(h.count("memory_notes", "alice").await, 1);
+    // One EMF line per rejected request, counting it in total and by code.
+    let lines = lines.lock().unwrap().clone();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    for line in lines {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["service"], "elaborate");
+        assert_eq!(v["RejectedRequests"], 1.0);
+        assert_eq!(v["RejectedUnauthenticated"], 1.0);
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["service"]])
+        );
+    }
 }
 
 #[tokio::test]

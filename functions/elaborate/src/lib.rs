@@ -18,6 +18,7 @@ use shared::db::{Db, DbError};
 use shared::elaboration::{Elaborator, PgNotes};
 use shared::llm::LlmError;
 use shared::memory::account::MemoryAccount;
+use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
 use shared::publish::{Publisher, SqsPublisher};
 
 use routes::{elaborate, method_not_allowed, not_found};
@@ -25,6 +26,7 @@ use routes::{elaborate, method_not_allowed, not_found};
 mod error;
 mod identity;
 mod memory_routes;
+mod request_metrics;
 mod routes;
 mod sse;
 
@@ -37,6 +39,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Pool size when `POOL_MAX_SIZE` is unset: an execution environment serves one request at a
 /// time, so one connection (the template's connection budget counts on it).
 pub const DEFAULT_POOL_SIZE: usize = 1;
+/// The `service` dimension of the metrics unless `POWERTOOLS_SERVICE_NAME` says otherwise.
+pub const METRICS_SERVICE: &str = "elaborate";
 
 /// Everything a request needs, built once per execution environment (cheap to clone).
 #[derive(Clone, Debug)]
@@ -47,6 +51,8 @@ pub struct AppState {
     db: Option<Db>,
     /// The memory routes' service; without one they answer 404.
     memory: Option<MemoryAccount>,
+    /// Writes one EMF line per request.
+    metrics: MetricsEmitter,
 }
 
 /// Why the function cannot start; each variant says what to fix.
@@ -71,7 +77,15 @@ impl AppState {
             config: Arc::new(config),
             db: None,
             memory: None,
+            metrics: MetricsEmitter::new(MetricsConfig::new(METRICS_SERVICE), MetricsSink::Stdout),
         }
+    }
+
+    /// Writes the per-request metrics through `metrics` (by default: standard output, namespace
+    /// `hikmah`, service `elaborate`).
+    pub fn with_metrics(mut self, metrics: MetricsEmitter) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Serves the memory routes through `memory`.
@@ -99,6 +113,7 @@ impl AppState {
     ) -> Result<Self, InitError> {
         let config = ElaborateConfig::from_env(env)?;
         let llm = LlmConfig::from_env(env)?;
+        let metrics = MetricsEmitter::from_env(env, METRICS_SERVICE)?;
         let db_config = DbConfig::from_env(env, DEFAULT_POOL_SIZE)?;
         let db = match Db::connect(&db_config).await {
             Ok(db) => db,
@@ -122,7 +137,9 @@ impl AppState {
         );
         Ok(Self {
             db: Some(db.clone()),
-            ..Self::new(elaborator, config).with_memory(MemoryAccount::postgres(db))
+            ..Self::new(elaborator, config)
+                .with_memory(MemoryAccount::postgres(db))
+                .with_metrics(metrics)
         })
     }
 
@@ -167,7 +184,13 @@ pub fn router(state: AppState) -> Router {
             .route(&format!("/{{stage}}{path}"), methods.clone())
             .route(path, methods);
     }
-    router.fallback(any(not_found)).with_state(state)
+    router
+        .fallback(any(not_found))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_metrics::count_rejections,
+        ))
+        .with_state(state)
 }
 
 /// Serves [`router`] over plain HTTP/1.1 on `listener` (the local runner, tests, benchmarks).

@@ -10,6 +10,7 @@ use shared::error_code::ErrorCode;
 
 use crate::error::ApiError;
 use crate::identity::authorizer_identity;
+use crate::request_metrics;
 use crate::sse::{sse_response, sse_stream, to_sse, KEEPALIVE};
 use crate::{AppState, MAX_BODY_BYTES, MEMORY_ROUTE, ROUTE};
 
@@ -42,6 +43,7 @@ pub(crate) async fn elaborate(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     if let Some(db) = state.db() {
         shared::lambda::begin_invocation(db);
     }
@@ -75,17 +77,19 @@ pub(crate) async fn elaborate(
     let mut events = state.elaborator.spawn(user, input);
     // Hold the status until the first event (bounded by the keep-alive interval), so a provider
     // that fails at once (bad key, server down) is a proper 5xx JSON error, not a 200 stream.
-    let prefix = match tokio::time::timeout(keepalive, events.recv()).await {
+    let first = match tokio::time::timeout(keepalive, events.recv()).await {
         Ok(Some(StreamEvent::Error { code, message })) => return Err(ApiError::new(code, message)),
-        Ok(Some(first)) => to_sse(&first),
+        Ok(Some(first)) => Some(first),
         Ok(None) => {
             return Err(ApiError::new(
                 ErrorCode::Internal,
                 "the elaboration task ended early",
             ))
         }
-        Err(_) => KEEPALIVE.to_owned(),
+        Err(_) => None,
     };
+    let prefix = first.as_ref().map_or_else(|| KEEPALIVE.to_owned(), to_sse);
+    let events = request_metrics::observe(first.as_ref(), events, started, state.metrics.clone());
     let body = Body::from_stream(
         sse_stream(Some(prefix), events, keepalive).map(Ok::<_, std::convert::Infallible>),
     );

@@ -8,10 +8,14 @@ use shared::db::{Db, DbError};
 use shared::embed::{EmbedError, Embedder};
 use shared::memory::dedup::DedupPolicy;
 use shared::memory::service::MemoryService;
+use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
 
 /// Pool size when `POOL_MAX_SIZE` is unset = records processed at once per execution
 /// environment. The embedder is CPU-bound, so more would mostly wait; raise it with more vCPUs.
 pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// The `service` dimension of the consumer's metrics unless `POWERTOOLS_SERVICE_NAME` says otherwise.
+pub const METRICS_SERVICE: &str = "memory-consumer";
 
 /// Why the consumer cannot start; each variant says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub struct Consumer {
     pub(crate) db: Db,
     pub(crate) concurrency: usize,
     pub(crate) record_timeout: Option<Duration>,
+    /// Writes one EMF line per batch.
+    pub(crate) metrics: MetricsEmitter,
     init: InitTimings,
 }
 
@@ -58,6 +64,7 @@ impl Consumer {
         let db_cfg = DbConfig::from_env(env, DEFAULT_POOL_SIZE)?;
         let embed_cfg = EmbedConfig::from_env(env)?;
         let dedup = DedupConfig::from_env(env)?;
+        let metrics = MetricsEmitter::from_env(env, METRICS_SERVICE)?;
         let config = started.elapsed();
 
         let t = Instant::now();
@@ -68,7 +75,8 @@ impl Consumer {
         let embedder = Embedder::load(&embed_cfg)?;
         let embedder_time = t.elapsed();
 
-        let mut consumer = Self::postgres(db, embedder, DedupPolicy::from(&dedup));
+        let mut consumer =
+            Self::postgres(db, embedder, DedupPolicy::from(&dedup)).with_metrics(metrics);
         consumer.init = InitTimings {
             config,
             db: db_time,
@@ -96,8 +104,16 @@ impl Consumer {
             db,
             concurrency: concurrency.max(1),
             record_timeout: None,
+            metrics: MetricsEmitter::new(MetricsConfig::new(METRICS_SERVICE), MetricsSink::Stdout),
             init: InitTimings::default(),
         }
+    }
+
+    /// Writes the per-batch metrics through `metrics` (by default: standard output, namespace
+    /// `hikmah`, service `memory-consumer`).
+    pub fn with_metrics(mut self, metrics: MetricsEmitter) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The production wiring from built parts: default extractor, real embedder, PostgreSQL

@@ -219,10 +219,11 @@ impl MetricsEmitter {
         let mut line = metrics.to_line(&self.config, chrono::Utc::now().timestamp_millis());
         line.push('\n');
         match &self.sink {
-            // One write of the whole line, so concurrent writers do not interleave within it.
-            MetricsSink::Stdout => {
-                let _ = std::io::stdout().lock().write_all(line.as_bytes());
-            }
+            // One call for the whole line, under stdout's lock, so lines never interleave.
+            // `print!` rather than a raw write: the test harness captures it (a raw write would
+            // scatter every batch's line through `cargo test`'s output); in Lambda, stdout is
+            // the runtime's log pipe, which stays open for the life of the process.
+            MetricsSink::Stdout => print!("{line}"),
             MetricsSink::Stderr => {
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
             }

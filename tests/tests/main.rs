@@ -20,4 +20,5 @@ mod embedder;
 mod local_runner;
 mod memory_routes;
 mod migrations;
+mod note_extraction;
 mod pool;

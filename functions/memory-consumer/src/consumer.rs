@@ -3,10 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use shared::config::{ConfigError, DbConfig, DedupConfig, EmbedConfig, Env};
+use shared::aws::AwsConfig;
+use shared::config::{
+    ConfigError, DbConfig, DedupConfig, EmbedConfig, Env, ExtractorConfig, ExtractorKind, LlmConfig,
+};
 use shared::db::{Db, DbError};
 use shared::embed::{EmbedError, Embedder};
+use shared::llm::LlmError;
 use shared::memory::dedup::DedupPolicy;
+use shared::memory::llm_extract::LlmExtractor;
 use shared::memory::service::MemoryService;
 use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
 
@@ -29,6 +34,9 @@ pub enum InitError {
     /// The model files or ONNX Runtime could not be loaded.
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    /// The LLM provider of `NOTE_EXTRACTOR=llm` could not be set up.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
 }
 
 /// How long each part of init took (logged once, printed by `hikmah bench consumer`).
@@ -65,6 +73,20 @@ impl Consumer {
         let embed_cfg = EmbedConfig::from_env(env)?;
         let dedup = DedupConfig::from_env(env)?;
         let metrics = MetricsEmitter::from_env(env, METRICS_SERVICE)?;
+        let extractor = ExtractorConfig::from_env(env)?;
+        // The provider only when NOTE_EXTRACTOR=llm asks for one.
+        let llm = match extractor.kind {
+            ExtractorKind::Default => None,
+            ExtractorKind::Llm => Some(LlmConfig::from_env(env)?),
+        };
+        if llm == Some(LlmConfig::Offline) {
+            return Err(ConfigError::Invalid {
+                name: "NOTE_EXTRACTOR",
+                value: "llm".into(),
+                reason: "it needs a real provider: set LLM_PROVIDER=openai (with OPENAI_API_KEY) or bedrock".into(),
+            }
+            .into());
+        }
         let config = started.elapsed();
 
         let t = Instant::now();
@@ -77,6 +99,11 @@ impl Consumer {
 
         let mut consumer =
             Self::postgres(db, embedder, DedupPolicy::from(&dedup)).with_metrics(metrics);
+        if let Some(llm) = &llm {
+            let provider = shared::llm::from_config(llm, &AwsConfig::new()).await?;
+            let extractor = LlmExtractor::new(provider, extractor.timeout);
+            consumer.service = consumer.service.clone().with_llm_extractor(extractor);
+        }
         consumer.init = InitTimings {
             config,
             db: db_time,
@@ -91,6 +118,7 @@ impl Consumer {
             pool_max_size = db_cfg.pool_max_size,
             concurrency = consumer.concurrency,
             dedup_threshold = dedup.threshold,
+            note_extractor = ?extractor.kind,
             "memory-consumer initialised"
         );
         Ok(consumer)

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
 use shared::events::{ElaborationCompleted, EventError};
-use shared::memory::service::{ApplyOutcome, MemoryService};
+use shared::memory::service::{ApplyOutcome, Extraction, MemoryService};
 use shared::memory::MemoryError;
 use shared::metrics::{pascal_case, Metrics};
 use tracing::Instrument as _;
@@ -104,6 +104,11 @@ impl BatchReport {
                 sum(|o| u64::from(o.already_applied)),
             )
             .count("RecordsForgotten", sum(|o| u64::from(o.forgotten)));
+        let extracted = |e: Extraction| applied.iter().filter(|o| o.extraction == e).count() as u64;
+        if applied.iter().any(|o| o.extraction != Extraction::Default) {
+            m.count("LlmExtractions", extracted(Extraction::Llm))
+                .count("LlmExtractionFallbacks", extracted(Extraction::LlmFallback));
+        }
         let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
         for o in &applied {
             for (reason, n) in &o.duplicates_by_reason {
@@ -257,6 +262,8 @@ async fn process_record(
     span.in_scope(|| match &result {
         Ok(o) => tracing::info!(
             already_applied = o.already_applied,
+            forgotten = o.forgotten,
+            extraction = ?o.extraction,
             candidates = o.candidates,
             notes_added = o.notes_added,
             notes_reinforced = o.notes_reinforced,

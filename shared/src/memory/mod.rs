@@ -4,6 +4,7 @@ pub mod account;
 pub mod dedup;
 pub mod error;
 pub mod extract;
+pub mod llm_extract;
 pub mod normalize;
 pub mod plan;
 pub mod service;

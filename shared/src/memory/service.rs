@@ -11,6 +11,7 @@ use crate::embed::Embedder;
 use crate::events::ElaborationCompleted;
 use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, NoteRef};
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
+use crate::memory::llm_extract::LlmExtractor;
 use crate::memory::normalize::content_hash;
 use crate::memory::plan::Candidate;
 use crate::memory::store::{MemoryStore, PgMemoryStore, PreparedRecord};
@@ -33,6 +34,17 @@ impl TextEmbedder for Embedder {
     }
 }
 
+/// Which extractor produced an event's candidate notes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extraction {
+    /// The deterministic extractor (`NOTE_EXTRACTOR=default`).
+    Default,
+    /// The LLM extractor (`NOTE_EXTRACTOR=llm`).
+    Llm,
+    /// The LLM extractor failed (error, timeout, invalid answer): the deterministic one applied.
+    LlmFallback,
+}
+
 /// What applying one event did, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -44,6 +56,8 @@ pub struct ApplyOutcome {
     pub already_applied: bool,
     /// The user forgot their memory after this event was created: nothing was written.
     pub forgotten: bool,
+    /// Which extractor produced the candidates.
+    pub extraction: Extraction,
     /// Candidate notes extracted.
     pub candidates: usize,
     /// Notes inserted.
@@ -64,6 +78,8 @@ pub struct ApplyOutcome {
 #[derive(Clone)]
 pub struct MemoryService {
     extractor: Arc<dyn NoteExtractor>,
+    /// Asked first when set; `extractor` is its fallback.
+    llm: Option<LlmExtractor>,
     embedder: Arc<dyn TextEmbedder>,
     store: Arc<dyn MemoryStore>,
 }
@@ -83,8 +99,29 @@ impl MemoryService {
     ) -> Self {
         Self {
             extractor,
+            llm: None,
             embedder,
             store,
+        }
+    }
+
+    /// Asks `llm` for the notes first (`NOTE_EXTRACTOR=llm`); the extractor given to
+    /// [`MemoryService::new`] applies when it fails.
+    pub fn with_llm_extractor(mut self, llm: LlmExtractor) -> Self {
+        self.llm = Some(llm);
+        self
+    }
+
+    async fn extract(&self, event: &ElaborationCompleted) -> (Vec<String>, Extraction) {
+        let Some(llm) = &self.llm else {
+            return (self.extractor.extract(event), Extraction::Default);
+        };
+        match llm.extract(event).await {
+            Ok(notes) => (notes, Extraction::Llm),
+            Err(err) => {
+                tracing::warn!(provider = llm.provider_name(), error = %err, "LLM note extraction failed; using the default extractor");
+                (self.extractor.extract(event), Extraction::LlmFallback)
+            }
         }
     }
 
@@ -99,7 +136,7 @@ impl MemoryService {
 
     /// Applies one event to its user's memory, exactly once (a redelivery changes nothing).
     pub async fn apply(&self, event: &ElaborationCompleted) -> Result<ApplyOutcome, MemoryError> {
-        let notes = self.extractor.extract(event);
+        let (notes, extraction) = self.extract(event).await;
 
         let started = Instant::now();
         let embeddings = if notes.is_empty() {
@@ -140,6 +177,7 @@ impl MemoryService {
             user_id: event.user_id.clone(),
             already_applied: stored.already_applied,
             forgotten: stored.forgotten,
+            extraction,
             candidates: record.candidates.len(),
             notes_added: stored.notes_added,
             notes_reinforced: stored.notes_reinforced,

@@ -89,6 +89,18 @@ def check(cfn_path):
             need(any(defs.get(k, {}).get("x-amazon-apigateway-authtype") == "awsSigv4" for k in schemes),
                  f"{name}: method is not IAM (SigV4) authorised")
 
+        # The memory routes: same IAM auth, streaming integration (the function always streams).
+        for path, method in [("/hikmah/memory", "get"), ("/hikmah/memory", "delete"),
+                             ("/hikmah/memory/export", "get"), ("/hikmah/memory/{note_id}", "delete")]:
+            mop = api["Properties"]["Body"]["paths"].get(path, {}).get(method)
+            need(mop is not None, f"{name}: no {method.upper()} {path}")
+            if mop:
+                need(mop["x-amazon-apigateway-integration"].get("responseTransferMode") == "STREAM",
+                     f"{name}: {method.upper()} {path} is not a streaming integration")
+                mschemes = [k for sec in mop.get("security", []) for k in sec]
+                need(any(defs.get(k, {}).get("x-amazon-apigateway-authtype") == "awsSigv4" for k in mschemes),
+                     f"{name}: {method.upper()} {path} is not IAM (SigV4) authorised")
+
     # 2. Function URL: IAM-authorised, streaming.
     urls = of_type(res, "AWS::Lambda::Url")
     need(len(urls) == 1, f"expected one Function URL, found {sorted(urls)}")
@@ -114,7 +126,15 @@ def check(cfn_path):
     need(int(redrive.get("maxReceiveCount", 0)) >= 2, "MemoryQueue: maxReceiveCount below 2")
     need(int(queue["VisibilityTimeout"]) >= 6 * int(consumer["Timeout"]),
          f"MemoryQueue: VisibilityTimeout {queue['VisibilityTimeout']} < 6 x consumer Timeout {consumer['Timeout']}")
-    need(of_type(res, "AWS::CloudWatch::Alarm").get("MemoryDeadLetterAlarm") is not None, "no DLQ depth alarm")
+    alarms = of_type(res, "AWS::CloudWatch::Alarm")
+    need(alarms.get("MemoryDeadLetterAlarm") is not None, "no DLQ depth alarm")
+    need(alarms.get("PublishFailuresAlarm", {}).get("Properties", {}).get("MetricName") == "PublishFailures",
+         "no alarm on elaborate's PublishFailures metric")
+    for alarm, metric in [("MemoryConsumerErrorsAlarm", "Errors"), ("MemoryConsumerThrottlesAlarm", "Throttles")]:
+        props = alarms.get(alarm, {}).get("Properties", {})
+        need(props.get("MetricName") == metric and props.get("Namespace") == "AWS/Lambda"
+             and {"Name": "FunctionName", "Value": {"Ref": "MemoryConsumerFunction"}} in props.get("Dimensions", []),
+             f"no alarm on the memory consumer's {metric}")
 
     # 5. The consumer finds the model layer's files under /opt.
     env = consumer["Environment"]["Variables"]

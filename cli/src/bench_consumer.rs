@@ -39,7 +39,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or(1);
 
     // Cold init through the function's own composition root.
-    let consumer = Consumer::from_env(&env).await?;
+    // Its EMF lines go to stderr: stdout holds the tables (or the --json object).
+    let metrics = shared::metrics::MetricsEmitter::from_env(
+        &env,
+        memory_consumer::consumer::METRICS_SERVICE,
+    )?
+    .with_sink(shared::metrics::MetricsSink::Stderr);
+    let consumer = Consumer::from_env(&env).await?.with_metrics(metrics);
     let rss_after_init = rss_mib("VmRSS");
     let init = consumer.init_timings();
     let (config_time, pool_time, embedder_time, init_time) =

@@ -21,6 +21,7 @@ use shared::elaboration::{Elaborator, NoNotes};
 use shared::events::ElaborationCompleted;
 use shared::llm::sse::{SseItem, SseParser};
 use shared::llm::{LlmProvider, OfflineProvider, OpenAiProvider};
+use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
 use shared::publish::{PublishError, Publisher};
 
 /// Options of `hikmah bench elaborate`.
@@ -114,7 +115,11 @@ async fn serve_elaborate(provider: Arc<dyn LlmProvider>) -> anyhow::Result<Strin
         trust_body_user_id: true,
         keepalive: Duration::from_secs(15),
     };
-    let state = elaborate::AppState::new(elaborator, config);
+    // Each request still writes its EMF line (as in Lambda), to stderr: stdout holds the tables.
+    let state = elaborate::AppState::new(elaborator, config).with_metrics(MetricsEmitter::new(
+        MetricsConfig::new(elaborate::METRICS_SERVICE),
+        MetricsSink::Stderr,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("bind the benchmark server")?;

@@ -8,8 +8,9 @@ use serde_json::Value;
 use shared::config::{DbConfig, EmbedConfig, Env};
 use shared::db::{Db, DbError};
 use shared::embed::Embedder;
+use shared::memory::account::{AccountError, MemoryAccount};
 use shared::memory::variants::{split_variant, SplitError};
-use shared::types::UserId;
+use shared::types::{NoteId, UserId};
 
 /// Memory subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -131,43 +132,34 @@ async fn split(db: &Db, user: &UserId, variant: i64) -> anyhow::Result<ExitCode>
     }
 }
 
-/// Deletes the notes (their variants go with them); the user's `processed_events` rows stay, so a redelivered old event does
-/// not bring a forgotten note back.
+/// Deletes one note (its variants go with it; its event stays processed, so a redelivery does
+/// not restore it), or everything about the user exactly as `DELETE /hikmah/memory` does: notes,
+/// variants, processed events, and a `forgotten_users` time before which the user's events are
+/// acknowledged without storing anything.
 async fn forget(db: &Db, user: &UserId, note: Option<i64>) -> anyhow::Result<ExitCode> {
-    let deleted: u64 = db
-        .run(|conn| async move {
-            let n = match note {
-                Some(id) => {
-                    conn.execute(
-                        "DELETE FROM memory_notes WHERE user_id = $1 AND id = $2",
-                        &[&user.as_str(), &id],
-                    )
-                    .await?
-                }
-                None => {
-                    conn.execute(
-                        "DELETE FROM memory_notes WHERE user_id = $1",
-                        &[&user.as_str()],
-                    )
-                    .await?
-                }
-            };
-            Ok::<_, DbError>(n)
-        })
-        .await?;
+    let account = MemoryAccount::postgres(db.clone());
     match note {
-        Some(id) if deleted == 0 => {
-            eprintln!(
-                "error: user {user} has no note {id} (see: hikmah memory list --user {user})"
-            );
-            Ok(ExitCode::FAILURE)
-        }
-        Some(id) => {
-            println!("forgot note {id} of user {user}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Some(id) => match account.delete_note(user, NoteId(id)).await {
+            Ok(()) => {
+                println!("forgot note {id} of user {user}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(AccountError::NoteNotFound(_)) => {
+                eprintln!(
+                    "error: user {user} has no note {id} (see: hikmah memory list --user {user})"
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
+        },
         None => {
-            println!("forgot {deleted} note(s) of user {user}");
+            let forgotten = account.forget(user).await?;
+            println!(
+                "forgot {} note(s) and {} processed event(s) of user {user}; its events from before {} will store nothing",
+                forgotten.notes,
+                forgotten.processed_events,
+                forgotten.forgotten_at.to_rfc3339()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

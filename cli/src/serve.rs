@@ -30,6 +30,7 @@ use shared::aws::AwsConfig;
 use shared::config::{Env, QueueConfig};
 use shared::db;
 use shared::events::ElaborationCompleted;
+use shared::metrics::{MetricsEmitter, MetricsSink};
 use shared::publish::{PublishError, Publisher, SqsPublisher};
 use tokio::sync::{mpsc, watch};
 
@@ -68,10 +69,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // Both functions' own composition roots, so what runs here is wired as in Lambda; two pools,
     // as in AWS where each function has its own.
-    let consumer = Consumer::from_env(&env).await.context(
-        "starting the memory consumer (DATABASE_URL, EMBED_MODEL_DIR, ORT_DYLIB_PATH); \
-         the README's first command provisions all three",
-    )?;
+    // Metrics (EMF lines) go to the log here, beside every other line, not to standard output.
+    let metrics = |service| -> anyhow::Result<MetricsEmitter> {
+        Ok(MetricsEmitter::from_env(&env, service)?.with_sink(MetricsSink::Stderr))
+    };
+    let consumer = Consumer::from_env(&env)
+        .await
+        .context(
+            "starting the memory consumer (DATABASE_URL, EMBED_MODEL_DIR, ORT_DYLIB_PATH); \
+             the README's first command provisions all three",
+        )?
+        .with_metrics(metrics(memory_consumer::consumer::METRICS_SERVICE)?);
     let report = db::migrate(consumer.db())
         .await
         .context("applying migrations")?;
@@ -108,7 +116,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             (Arc::new(queue), "in-process".to_owned(), task)
         }
     };
-    let state = elaborate::AppState::build(&env, &aws, publisher).await?;
+    let state = elaborate::AppState::build(&env, &aws, publisher)
+        .await?
+        .with_metrics(metrics(elaborate::METRICS_SERVICE)?);
     let elaborate_db = state.db().cloned();
     let model = state.model().to_owned();
 
@@ -166,8 +176,12 @@ fn print_ready(addr: SocketAddr, model: &str, queue: &str) {
     );
     // scripts/run.sh points this at a wrapper that carries the runner's environment.
     let cli = std::env::var("HIKMAH_CLI").unwrap_or_else(|_| "hikmah".to_owned());
-    println!("Then see what was remembered:");
-    println!("  {cli} memory list --user u-123");
+    println!("Then see what was remembered (or: {cli} memory list --user u-123):");
+    println!("  curl '{base}/hikmah/memory?user_id=u-123'");
+    println!("Export it, delete one note, or forget everything:");
+    println!("  curl '{base}/hikmah/memory/export?user_id=u-123'");
+    println!("  curl -X DELETE '{base}/hikmah/memory/NOTE_ID?user_id=u-123'");
+    println!("  curl -X DELETE '{base}/hikmah/memory?user_id=u-123'");
     println!("Stop with Ctrl-C.");
 }
 

@@ -353,6 +353,49 @@ impl DedupConfig {
     }
 }
 
+/// Which note extractor the consumer runs (`NOTE_EXTRACTOR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtractorKind {
+    /// The deterministic notes from the hikmah and the question.
+    Default,
+    /// Notes about the user from the configured LLM provider, the default one as fallback.
+    Llm,
+}
+
+/// Note extraction settings (`NOTE_EXTRACTOR`, `NOTE_EXTRACTOR_TIMEOUT_MS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractorConfig {
+    /// Which extractor.
+    pub kind: ExtractorKind,
+    /// Longest an LLM extraction may take before the default extractor is used instead.
+    pub timeout: Duration,
+}
+
+impl ExtractorConfig {
+    /// Reads the note extraction section.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let kind = match env
+            .get("NOTE_EXTRACTOR")
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => ExtractorKind::Default,
+            Some(v) if v == "default" => ExtractorKind::Default,
+            Some(v) if v == "llm" => ExtractorKind::Llm,
+            Some(v) => {
+                return Err(ConfigError::Invalid {
+                    name: "NOTE_EXTRACTOR",
+                    value: v,
+                    reason: "expected default or llm".into(),
+                })
+            }
+        };
+        Ok(Self {
+            kind,
+            timeout: env.millis("NOTE_EXTRACTOR_TIMEOUT_MS", 5000, 100..=60_000)?,
+        })
+    }
+}
+
 /// Which LLM provider generates elaborations (`LLM_PROVIDER`, `LLM_MODEL`, `OPENAI_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LlmConfig {
@@ -625,6 +668,28 @@ mod tests {
                 .to_string()
                 .contains("MEMORY_QUEUE_URL")
         );
+    }
+
+    #[test]
+    fn note_extractor_is_default_or_llm_and_its_timeout_is_bounded(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!(
+            ExtractorConfig::from_env(&env(&[]))?,
+            ExtractorConfig {
+                kind: ExtractorKind::Default,
+                timeout: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(
+            ExtractorConfig::from_env(&env(&[("NOTE_EXTRACTOR", "LLM")]))?.kind,
+            ExtractorKind::Llm
+        );
+        let err = ExtractorConfig::from_env(&env(&[("NOTE_EXTRACTOR", "gpt")])).unwrap_err();
+        assert!(err.to_string().contains("NOTE_EXTRACTOR"));
+        let err =
+            ExtractorConfig::from_env(&env(&[("NOTE_EXTRACTOR_TIMEOUT_MS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("NOTE_EXTRACTOR_TIMEOUT_MS"));
+        Ok(())
     }
 
     #[test]

@@ -37,13 +37,15 @@ pub enum ErrorCode {
     ProviderTimeout,
     /// The completed elaboration could not be handed to the memory queue.
     PublishFailed,
+    /// The memory store (database) could not be reached or failed; retrying later may succeed.
+    MemoryUnavailable,
     /// A fault of this service, not of the request.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for tables and tests).
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::InvalidJson,
         Self::MissingField,
         Self::InvalidField,
@@ -56,6 +58,7 @@ impl ErrorCode {
         Self::ProviderError,
         Self::ProviderTimeout,
         Self::PublishFailed,
+        Self::MemoryUnavailable,
         Self::Internal,
     ];
 
@@ -74,6 +77,7 @@ impl ErrorCode {
             Self::ProviderError => "provider_error",
             Self::ProviderTimeout => "provider_timeout",
             Self::PublishFailed => "publish_failed",
+            Self::MemoryUnavailable => "memory_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -104,7 +108,7 @@ mod tests {
     use super::*;
 
     /// The wire contract: each code and the exact string clients see.
-    const WIRE: [(ErrorCode, &str); 13] = [
+    const WIRE: [(ErrorCode, &str); 14] = [
         (ErrorCode::InvalidJson, "invalid_json"),
         (ErrorCode::MissingField, "missing_field"),
         (ErrorCode::InvalidField, "invalid_field"),
@@ -117,6 +121,7 @@ mod tests {
         (ErrorCode::ProviderError, "provider_error"),
         (ErrorCode::ProviderTimeout, "provider_timeout"),
         (ErrorCode::PublishFailed, "publish_failed"),
+        (ErrorCode::MemoryUnavailable, "memory_unavailable"),
         (ErrorCode::Internal, "internal"),
     ];
 
@@ -147,6 +152,7 @@ mod tests {
             | ErrorCode::ProviderError
             | ErrorCode::ProviderTimeout
             | ErrorCode::PublishFailed
+            | ErrorCode::MemoryUnavailable
             | ErrorCode::Internal => (),
         };
         let table: Vec<ErrorCode> = WIRE.iter().map(|(code, _)| *code).collect();

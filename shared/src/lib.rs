@@ -18,6 +18,7 @@ pub mod events;
 pub mod lambda;
 pub mod llm;
 pub mod memory;
+pub mod metrics;
 pub mod publish;
 pub mod telemetry;
 pub mod types;

@@ -750,6 +750,62 @@ async fn the_prompt_carries_the_users_most_reinforced_notes_and_never_another_us
     assert!(prompts[1].contains("Patience is the key to relief."));
 }
 
+async fn insert_note_seen(
+    db: &TestDb,
+    user: &str,
+    content: &str,
+    times_seen: i32,
+    seen_ago_secs: f64,
+) {
+    db.admin()
+        .await
+        .execute(
+            "INSERT INTO memory_notes (user_id, content, content_hash, embedding, times_seen, last_seen_at) \
+             VALUES ($1, $2, md5($2), array_fill(0::real, ARRAY[384]), $3, now() - make_interval(secs => $4))",
+            &[&user, &content, &times_seen, &seen_ago_secs],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_prompt_takes_the_top_k_notes_by_times_seen_then_recency_and_each_user_only_their_own()
+{
+    let h = harness(Options {
+        context_notes: 2,
+        ..Default::default()
+    })
+    .await;
+    insert_note_seen(&h.db, "alice", "alice-older-pair", 2, 3600.0).await;
+    insert_note_seen(&h.db, "alice", "alice-recent-pair", 2, 1.0).await;
+    insert_note_seen(&h.db, "alice", "alice-seen-once-just-now", 1, 0.0).await;
+    insert_note_seen(&h.db, "bob", "bob-most-reinforced", 9, 10.0).await;
+    insert_note_seen(&h.db, "bob", "bob-second", 3, 10.0).await;
+
+    read_sse(h.post(ENDPOINT, request("alice")).await).await;
+    read_sse(h.post(ENDPOINT, request("bob")).await).await;
+    let prompts = h.fake.user_prompts();
+    assert_eq!(prompts.len(), 2);
+    let (alice, bob) = (&prompts[0], &prompts[1]);
+
+    // Top 2 by times_seen; equal times_seen → the more recently seen first.
+    let recent = alice.find("alice-recent-pair").expect(alice);
+    let older = alice.find("alice-older-pair").expect(alice);
+    assert!(recent < older, "recency breaks the tie: {alice}");
+    assert!(
+        !alice.contains("alice-seen-once"),
+        "only k=2 notes: {alice}"
+    );
+    assert!(
+        bob.contains("bob-most-reinforced") && bob.contains("bob-second"),
+        "{bob}"
+    );
+
+    // Never another user's.
+    assert!(!alice.contains("bob-"), "{alice}");
+    assert!(!bob.contains("alice-"), "{bob}");
+}
+
 #[tokio::test]
 async fn a_database_failure_while_reading_notes_still_streams_to_done() {
     let h = harness(Options {

@@ -19,7 +19,7 @@ const PAUSE: Duration = Duration::from_millis(400);
 const CHUNKS: [&str; 4] = ["Patience ", "is ", "quiet ", "strength."];
 
 struct Setup {
-    _db: TestDb,
+    db: TestDb,
     fake: FakeLlm,
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
@@ -71,7 +71,7 @@ async fn setup() -> Setup {
             .await
             .unwrap();
     Setup {
-        _db: db,
+        db,
         fake,
         sqs,
         queue_url,
@@ -240,4 +240,172 @@ async fn an_api_gateway_rest_event_with_a_stage_and_authorizer_claims_streams_ss
         .unwrap();
     let events = read_events(response, &setup.watch).await;
     assert_incremental_and_published(&setup, &events, "rest-user").await;
+}
+
+/// A Function URL (v2) event signed by the IAM user `iam_user` (AWS_IAM auth).
+fn function_url_iam_event(iam_user: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"host": "abc.lambda-url.us-east-1.on.aws", "content-type": "application/json"},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc",
+            "authorizer": {"iam": {
+                "accessKey": "AKIAEXAMPLE", "accountId": "123456789012", "callerId": iam_user,
+                "userArn": format!("arn:aws:iam::123456789012:user/{iam_user}"), "userId": iam_user
+            }},
+            "domainName": "abc.lambda-url.us-east-1.on.aws",
+            "domainPrefix": "abc",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "127.0.0.1", "userAgent": "test"},
+            "requestId": uuid::Uuid::new_v4().to_string(),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "01/Jan/2026:00:00:00 +0000",
+            "timeEpoch": 1767225600000_i64
+        },
+        "body": body.map(|b| b.to_string()),
+        "isBase64Encoded": false
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_routes_serve_the_iam_caller_only_and_metrics_reach_the_log() {
+    use memory_consumer::{handle_batch, Consumer};
+    use shared::memory::dedup::DedupPolicy;
+
+    let setup = setup().await;
+    let invoke = |event: Value| {
+        let url = format!(
+            "{}/2015-03-31/functions/elaborate/invocations",
+            setup.watch.base_url()
+        );
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .body(event.to_string())
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let hikmah = json!({"hikmah": "Patience is the key to relief."});
+    let (status, text) = invoke(function_url_iam_event(
+        "AIDAALICE",
+        "POST",
+        "/hikmah/elaborate/stream",
+        Some(hikmah),
+    ))
+    .await;
+    assert_eq!(status, 200, "{text}\n{}", setup.watch.log());
+    assert!(text.contains("event: done"), "{text}");
+
+    // The consumer applies the queued event (in process, with the real model).
+    let messages = setup
+        .sqs
+        .receive_message()
+        .queue_url(&setup.queue_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    let records: Vec<(String, String)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m.message_id().unwrap().to_owned(),
+                m.body().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let batch = serde_json::from_str(&hikmah_tests::sqs::sqs_event_json(
+        &records,
+        hikmah_tests::sqs::STANDARD_ARN,
+    ))
+    .unwrap();
+    let consumer = Consumer::postgres(
+        setup.db.db().await,
+        hikmah_tests::model::embedder(),
+        DedupPolicy::default(),
+    );
+    assert!(handle_batch(&consumer, batch).await.all_applied());
+
+    let (status, text) = invoke(function_url_iam_event(
+        "AIDAALICE",
+        "GET",
+        "/hikmah/memory",
+        None,
+    ))
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let page: Value = serde_json::from_str(&text).unwrap();
+    let notes = page["notes"].as_array().unwrap().clone();
+    assert!(!notes.is_empty(), "{page}");
+    let first = notes[0]["id"].as_i64().unwrap();
+
+    // Another IAM caller sees nothing and cannot delete alice's note.
+    let (_, text) = invoke(function_url_iam_event(
+        "AIDABOB",
+        "GET",
+        "/hikmah/memory",
+        None,
+    ))
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["notes"],
+        json!([])
+    );
+    let (status, _) = invoke(function_url_iam_event(
+        "AIDABOB",
+        "DELETE",
+        &format!("/hikmah/memory/{first}"),
+        None,
+    ))
+    .await;
+    assert_eq!(status, 404);
+
+    let (status, text) = invoke(function_url_iam_event(
+        "AIDAALICE",
+        "GET",
+        "/hikmah/memory/export",
+        None,
+    ))
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(text.lines().count(), notes.len());
+    let (status, text) = invoke(function_url_iam_event(
+        "AIDAALICE",
+        "DELETE",
+        "/hikmah/memory",
+        None,
+    ))
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["deleted"]["notes"],
+        notes.len()
+    );
+
+    // The function's log holds its EMF lines: the stream's and the 404's.
+    let log = setup.watch.log();
+    let emf: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .filter(|v| v["_aws"]["CloudWatchMetrics"].is_array())
+        .collect();
+    assert!(
+        emf.iter()
+            .any(|v| v["service"] == "elaborate" && v["FirstDeltaMs"].is_number()),
+        "no stream metrics in the function's log:\n{log}"
+    );
+    assert!(
+        emf.iter().any(|v| v["RejectedNotFound"] == 1.0),
+        "no rejection metrics in the function's log:\n{log}"
+    );
 }

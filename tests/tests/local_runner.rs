@@ -330,3 +330,110 @@ async fn a_memory_update_that_fails_while_the_database_is_down_is_redelivered_an
     drop(runner);
     db.cleanup().await;
 }
+
+/// `GET`/`DELETE` on the runner, as curl would: (status, JSON body, or the raw text).
+async fn http(runner: &Runner, method: reqwest::Method, path: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .request(method, format!("{}{path}", runner.base))
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+/// The EMF lines of `service` in the runner's log.
+fn emf_lines(log: &str, service: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["_aws"]["CloudWatchMetrics"].is_array() && v["service"] == service)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_newcomer_lists_exports_deletes_and_forgets_their_memory_over_http_and_old_notes_never_return(
+) {
+    let db = TestDb::new().await;
+    let runner = Runner::start(&db, None).await;
+    let user = "newcomer-memory";
+
+    assert_streamed_and_done(
+        &runner
+            .elaborate(user, "Patience is the key to relief.")
+            .await,
+    );
+    runner.wait_for_notes(user, |n| !n.is_empty()).await;
+    let (status, body) = http(
+        &runner,
+        reqwest::Method::GET,
+        &format!("/hikmah/memory?user_id={user}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let notes = page["notes"].as_array().unwrap().clone();
+    assert!(!notes.is_empty());
+    assert!(notes[0]["content"].as_str().unwrap().contains("Patience"));
+
+    let (status, export) = http(
+        &runner,
+        reqwest::Method::GET,
+        &format!("/hikmah/memory/export?user_id={user}"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(export.lines().count(), notes.len(), "{export}");
+
+    let (status, body) = http(
+        &runner,
+        reqwest::Method::DELETE,
+        &format!("/hikmah/memory/{}?user_id={user}", notes[0]["id"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(runner.notes(user).await.len(), notes.len() - 1);
+
+    let (status, body) = http(
+        &runner,
+        reqwest::Method::DELETE,
+        &format!("/hikmah/memory?user_id={user}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let forgotten: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(forgotten["deleted"]["processed_events"], 1, "{forgotten}");
+    assert!(runner.notes(user).await.is_empty());
+
+    // Streaming again remembers the new elaboration only.
+    assert_streamed_and_done(
+        &runner
+            .elaborate(user, "Gratitude turns what we have into enough.")
+            .await,
+    );
+    let notes = runner.wait_for_notes(user, |n| !n.is_empty()).await;
+    assert!(
+        notes
+            .iter()
+            .all(|n| !n["content"].as_str().unwrap().contains("Patience")),
+        "an old note came back: {notes:?}"
+    );
+
+    // One EMF line per stream and per batch, in the log like any other line.
+    let log = runner.log();
+    let streams = emf_lines(&log, "elaborate");
+    assert!(
+        streams.iter().any(|v| v["FirstDeltaMs"].is_number()
+            && v["StreamMs"].is_number()
+            && v["PublishFailures"] == 0.0),
+        "no stream metrics in the log:\n{log}"
+    );
+    let batches = emf_lines(&log, "memory-consumer");
+    assert!(
+        batches.iter().any(|v| v["NotesAdded"].as_f64() > Some(0.0)),
+        "no consumer metrics in the log:\n{log}"
+    );
+    drop(runner);
+    db.cleanup().await;
+}

@@ -18,5 +18,7 @@ mod elaborate;
 mod elaborate_lambda;
 mod embedder;
 mod local_runner;
+mod memory_routes;
 mod migrations;
+mod note_extraction;
 mod pool;

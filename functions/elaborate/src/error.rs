@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use shared::elaboration::RequestError;
 use shared::error_code::ErrorCode;
+use shared::memory::account::AccountError;
 
 /// An error before streaming: the contract's `{"error": {code, message, field}}`, with the
 /// status [`status_of`] its code.
@@ -23,6 +24,15 @@ impl ApiError {
             field: None,
         }
     }
+
+    /// An error about one request field (a body field, a query parameter or a path segment).
+    pub(crate) fn field(code: ErrorCode, field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: Some(field),
+        }
+    }
 }
 
 /// The HTTP status of each error code; no wildcard, so a new code must choose one here.
@@ -39,6 +49,7 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::ProviderError => StatusCode::BAD_GATEWAY,
         ErrorCode::ProviderTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::MemoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::PublishFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -53,6 +64,24 @@ impl From<RequestError> for ApiError {
     }
 }
 
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        let message = e.to_string();
+        match e {
+            AccountError::InvalidLimit => Self::field(ErrorCode::InvalidField, "limit", message),
+            AccountError::InvalidCursor => Self::field(ErrorCode::InvalidField, "cursor", message),
+            AccountError::NoteNotFound(_) => Self::field(ErrorCode::NotFound, "note_id", message),
+            AccountError::Db(err) => {
+                tracing::warn!(error = %err, "memory route failed on the database");
+                Self::new(
+                    ErrorCode::MemoryUnavailable,
+                    "the memory store is unavailable; retry later",
+                )
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =
@@ -61,6 +90,8 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // For the per-request metrics, which count rejected requests by code.
+        response.extensions_mut().insert(self.code);
         response
     }
 }
@@ -84,6 +115,7 @@ mod tests {
             (ErrorCode::ProviderError, 502),
             (ErrorCode::ProviderTimeout, 504),
             (ErrorCode::PublishFailed, 500),
+            (ErrorCode::MemoryUnavailable, 503),
             (ErrorCode::Internal, 500),
         ];
         let listed: Vec<ErrorCode> = expected.iter().map(|(code, _)| *code).collect();

@@ -9,29 +9,38 @@
 
 use std::sync::Arc;
 
-use axum::routing::{any, post};
+use axum::http::Method;
+use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
 use shared::aws::AwsConfig;
 use shared::config::{ConfigError, DbConfig, ElaborateConfig, Env, LlmConfig, QueueConfig};
 use shared::db::{Db, DbError};
 use shared::elaboration::{Elaborator, PgNotes};
 use shared::llm::LlmError;
+use shared::memory::account::MemoryAccount;
+use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
 use shared::publish::{Publisher, SqsPublisher};
 
 use routes::{elaborate, method_not_allowed, not_found};
 
 mod error;
 mod identity;
+mod memory_routes;
+mod request_metrics;
 mod routes;
 mod sse;
 
-/// The one route; API Gateway REST may prefix it with the stage (`/Prod/hikmah/...`).
+/// The streaming route; API Gateway REST may prefix every route with the stage (`/Prod/hikmah/...`).
 pub const ROUTE: &str = "/hikmah/elaborate/stream";
+/// The memory routes' root: `GET`/`DELETE` here, `GET .../export`, `DELETE .../{note_id}`.
+pub const MEMORY_ROUTE: &str = "/hikmah/memory";
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Pool size when `POOL_MAX_SIZE` is unset: an execution environment serves one request at a
 /// time, so one connection (the template's connection budget counts on it).
 pub const DEFAULT_POOL_SIZE: usize = 1;
+/// The `service` dimension of the metrics unless `POWERTOOLS_SERVICE_NAME` says otherwise.
+pub const METRICS_SERVICE: &str = "elaborate";
 
 /// Everything a request needs, built once per execution environment (cheap to clone).
 #[derive(Clone, Debug)]
@@ -40,6 +49,10 @@ pub struct AppState {
     config: Arc<ElaborateConfig>,
     /// The pool behind the notes source, when this state owns one (closed at shutdown).
     db: Option<Db>,
+    /// The memory routes' service; without one they answer 404.
+    memory: Option<MemoryAccount>,
+    /// Writes one EMF line per request.
+    metrics: MetricsEmitter,
 }
 
 /// Why the function cannot start; each variant says what to fix.
@@ -63,7 +76,22 @@ impl AppState {
             elaborator,
             config: Arc::new(config),
             db: None,
+            memory: None,
+            metrics: MetricsEmitter::new(MetricsConfig::new(METRICS_SERVICE), MetricsSink::Stdout),
         }
+    }
+
+    /// Writes the per-request metrics through `metrics` (by default: standard output, namespace
+    /// `hikmah`, service `elaborate`).
+    pub fn with_metrics(mut self, metrics: MetricsEmitter) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Serves the memory routes through `memory`.
+    pub fn with_memory(mut self, memory: MemoryAccount) -> Self {
+        self.memory = Some(memory);
+        self
     }
 
     /// The Lambda wiring: [`AppState::build`] publishing to the SQS queue `MEMORY_QUEUE_URL`.
@@ -85,6 +113,7 @@ impl AppState {
     ) -> Result<Self, InitError> {
         let config = ElaborateConfig::from_env(env)?;
         let llm = LlmConfig::from_env(env)?;
+        let metrics = MetricsEmitter::from_env(env, METRICS_SERVICE)?;
         let db_config = DbConfig::from_env(env, DEFAULT_POOL_SIZE)?;
         let db = match Db::connect(&db_config).await {
             Ok(db) => db,
@@ -107,8 +136,10 @@ impl AppState {
             config.memory_context_notes,
         );
         Ok(Self {
-            db: Some(db),
+            db: Some(db.clone()),
             ..Self::new(elaborator, config)
+                .with_memory(MemoryAccount::postgres(db))
+                .with_metrics(metrics)
         })
     }
 
@@ -123,13 +154,42 @@ impl AppState {
     }
 }
 
-/// The HTTP surface: `POST /hikmah/elaborate/stream` (also under a stage prefix), JSON 404/405.
+/// The HTTP surface, each route also under a stage prefix, with JSON 404/405:
+/// `POST /hikmah/elaborate/stream`, and the memory routes (`GET|DELETE /hikmah/memory`,
+/// `GET /hikmah/memory/export`, `DELETE /hikmah/memory/{note_id}`).
 pub fn router(state: AppState) -> Router {
-    let endpoint = || post(elaborate).fallback(method_not_allowed);
-    Router::new()
-        .route(ROUTE, endpoint())
-        .route(&format!("/{{stage}}{ROUTE}"), endpoint())
+    let only = |allow: &'static str| {
+        move |method: Method| async move { method_not_allowed(&method, allow) }
+    };
+    let routes: [(&str, MethodRouter<AppState>); 4] = [
+        (ROUTE, post(elaborate).fallback(only("POST"))),
+        (
+            MEMORY_ROUTE,
+            get(memory_routes::list)
+                .delete(memory_routes::forget)
+                .fallback(only("GET, DELETE")),
+        ),
+        (
+            "/hikmah/memory/export",
+            get(memory_routes::export).fallback(only("GET")),
+        ),
+        (
+            "/hikmah/memory/{note_id}",
+            delete(memory_routes::delete_note).fallback(only("DELETE")),
+        ),
+    ];
+    let mut router = Router::new();
+    for (path, methods) in routes {
+        router = router
+            .route(&format!("/{{stage}}{path}"), methods.clone())
+            .route(path, methods);
+    }
+    router
         .fallback(any(not_found))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_metrics::count_rejections,
+        ))
         .with_state(state)
 }
 

@@ -10,27 +10,31 @@ use shared::error_code::ErrorCode;
 
 use crate::error::ApiError;
 use crate::identity::authorizer_identity;
+use crate::request_metrics;
 use crate::sse::{sse_response, sse_stream, to_sse, KEEPALIVE};
-use crate::{AppState, MAX_BODY_BYTES, ROUTE};
+use crate::{AppState, MAX_BODY_BYTES, MEMORY_ROUTE, ROUTE};
 
-/// Any other path: a JSON 404 naming the one endpoint.
+/// Any other path: a JSON 404 naming the routes.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
-        format!("no such route; the endpoint is POST {ROUTE}"),
+        format!(
+            "no such route; the routes are POST {ROUTE}, GET|DELETE {MEMORY_ROUTE}, \
+             GET {MEMORY_ROUTE}/export and DELETE {MEMORY_ROUTE}/{{note_id}}"
+        ),
     )
 }
 
-/// The endpoint with another method than `POST`: a JSON 405 with `Allow: POST`.
-pub(crate) async fn method_not_allowed(method: Method) -> Response {
+/// A route with a method it does not serve: a JSON 405 with `Allow: <allow>`.
+pub(crate) fn method_not_allowed(method: &Method, allow: &'static str) -> Response {
     let mut response = ApiError::new(
         ErrorCode::MethodNotAllowed,
-        format!("{method} is not allowed; use POST"),
+        format!("{method} is not allowed; use {allow}"),
     )
     .into_response();
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
@@ -39,6 +43,7 @@ pub(crate) async fn elaborate(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     if let Some(db) = state.db() {
         shared::lambda::begin_invocation(db);
     }
@@ -72,17 +77,19 @@ pub(crate) async fn elaborate(
     let mut events = state.elaborator.spawn(user, input);
     // Hold the status until the first event (bounded by the keep-alive interval), so a provider
     // that fails at once (bad key, server down) is a proper 5xx JSON error, not a 200 stream.
-    let prefix = match tokio::time::timeout(keepalive, events.recv()).await {
+    let first = match tokio::time::timeout(keepalive, events.recv()).await {
         Ok(Some(StreamEvent::Error { code, message })) => return Err(ApiError::new(code, message)),
-        Ok(Some(first)) => to_sse(&first),
+        Ok(Some(first)) => Some(first),
         Ok(None) => {
             return Err(ApiError::new(
                 ErrorCode::Internal,
                 "the elaboration task ended early",
             ))
         }
-        Err(_) => KEEPALIVE.to_owned(),
+        Err(_) => None,
     };
+    let prefix = first.as_ref().map_or_else(|| KEEPALIVE.to_owned(), to_sse);
+    let events = request_metrics::observe(first.as_ref(), events, started, state.metrics.clone());
     let body = Body::from_stream(
         sse_stream(Some(prefix), events, keepalive).map(Ok::<_, std::convert::Infallible>),
     );

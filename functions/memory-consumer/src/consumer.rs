@@ -3,15 +3,24 @@
 
 use std::time::{Duration, Instant};
 
-use shared::config::{ConfigError, DbConfig, DedupConfig, EmbedConfig, Env};
+use shared::aws::AwsConfig;
+use shared::config::{
+    ConfigError, DbConfig, DedupConfig, EmbedConfig, Env, ExtractorConfig, ExtractorKind, LlmConfig,
+};
 use shared::db::{Db, DbError};
 use shared::embed::{EmbedError, Embedder};
+use shared::llm::LlmError;
 use shared::memory::dedup::DedupPolicy;
+use shared::memory::llm_extract::LlmExtractor;
 use shared::memory::service::MemoryService;
+use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
 
 /// Pool size when `POOL_MAX_SIZE` is unset = records processed at once per execution
 /// environment. The embedder is CPU-bound, so more would mostly wait; raise it with more vCPUs.
 pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// The `service` dimension of the consumer's metrics unless `POWERTOOLS_SERVICE_NAME` says otherwise.
+pub const METRICS_SERVICE: &str = "memory-consumer";
 
 /// Why the consumer cannot start; each variant says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +34,9 @@ pub enum InitError {
     /// The model files or ONNX Runtime could not be loaded.
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    /// The LLM provider of `NOTE_EXTRACTOR=llm` could not be set up.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
 }
 
 /// How long each part of init took (logged once, printed by `hikmah bench consumer`).
@@ -47,6 +59,8 @@ pub struct Consumer {
     pub(crate) db: Db,
     pub(crate) concurrency: usize,
     pub(crate) record_timeout: Option<Duration>,
+    /// Writes one EMF line per batch.
+    pub(crate) metrics: MetricsEmitter,
     init: InitTimings,
 }
 
@@ -58,6 +72,21 @@ impl Consumer {
         let db_cfg = DbConfig::from_env(env, DEFAULT_POOL_SIZE)?;
         let embed_cfg = EmbedConfig::from_env(env)?;
         let dedup = DedupConfig::from_env(env)?;
+        let metrics = MetricsEmitter::from_env(env, METRICS_SERVICE)?;
+        let extractor = ExtractorConfig::from_env(env)?;
+        // The provider only when NOTE_EXTRACTOR=llm asks for one.
+        let llm = match extractor.kind {
+            ExtractorKind::Default => None,
+            ExtractorKind::Llm => Some(LlmConfig::from_env(env)?),
+        };
+        if llm == Some(LlmConfig::Offline) {
+            return Err(ConfigError::Invalid {
+                name: "NOTE_EXTRACTOR",
+                value: "llm".into(),
+                reason: "it needs a real provider: set LLM_PROVIDER=openai (with OPENAI_API_KEY) or bedrock".into(),
+            }
+            .into());
+        }
         let config = started.elapsed();
 
         let t = Instant::now();
@@ -75,7 +104,12 @@ impl Consumer {
             DedupPolicy::from(&dedup),
             dedup.variants_max,
         );
-        let mut consumer = Self::new(service, db, concurrency);
+        let mut consumer = Self::new(service, db, concurrency).with_metrics(metrics);
+        if let Some(llm) = &llm {
+            let provider = shared::llm::from_config(llm, &AwsConfig::new()).await?;
+            let extractor = LlmExtractor::new(provider, extractor.timeout);
+            consumer.service = consumer.service.clone().with_llm_extractor(extractor);
+        }
         consumer.init = InitTimings {
             config,
             db: db_time,
@@ -90,6 +124,7 @@ impl Consumer {
             pool_max_size = db_cfg.pool_max_size,
             concurrency = consumer.concurrency,
             dedup_threshold = dedup.threshold,
+            note_extractor = ?extractor.kind,
             "memory-consumer initialised"
         );
         Ok(consumer)
@@ -103,8 +138,16 @@ impl Consumer {
             db,
             concurrency: concurrency.max(1),
             record_timeout: None,
+            metrics: MetricsEmitter::new(MetricsConfig::new(METRICS_SERVICE), MetricsSink::Stdout),
             init: InitTimings::default(),
         }
+    }
+
+    /// Writes the per-batch metrics through `metrics` (by default: standard output, namespace
+    /// `hikmah`, service `memory-consumer`).
+    pub fn with_metrics(mut self, metrics: MetricsEmitter) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The production wiring from built parts: default extractor, real embedder, PostgreSQL

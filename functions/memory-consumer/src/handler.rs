@@ -15,13 +15,15 @@
 //!   stalls without closing its connections fails records instead of timing out the whole
 //!   invocation (which would redeliver the successes too).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
 use shared::events::{ElaborationCompleted, EventError};
-use shared::memory::service::{ApplyOutcome, MemoryService};
+use shared::memory::service::{ApplyOutcome, Extraction, MemoryService};
 use shared::memory::MemoryError;
+use shared::metrics::{pascal_case, Metrics};
 use tracing::Instrument as _;
 
 use crate::consumer::{ms, Consumer};
@@ -79,6 +81,52 @@ impl BatchReport {
     /// Whether every record was applied (or had been before).
     pub fn all_applied(&self) -> bool {
         self.failures().next().is_none()
+    }
+
+    /// The batch's metrics (one EMF line): records, failures, notes added and reinforced,
+    /// variants kept, duplicates in total and by reason (`DuplicatesExactMatch`, `DuplicatesSemanticMatch`),
+    /// redeliveries, events of forgotten users, and each applied record's embed and database time.
+    pub fn metrics(&self) -> Metrics {
+        let mut m = Metrics::new();
+        let applied: Vec<&ApplyOutcome> = self
+            .records
+            .iter()
+            .filter_map(|r| r.result.as_ref().ok())
+            .collect();
+        let sum = |f: fn(&ApplyOutcome) -> u64| applied.iter().map(|o| f(o)).sum::<u64>();
+        m.count("Records", self.records.len() as u64)
+            .count("RecordsFailed", self.failures().count() as u64)
+            .count("NotesAdded", sum(|o| u64::from(o.notes_added)))
+            .count("NotesReinforced", sum(|o| u64::from(o.notes_reinforced)))
+            .count("Duplicates", sum(|o| u64::from(o.duplicates)))
+            .count("Variants", sum(|o| u64::from(o.variants_added)))
+            .count(
+                "RecordsAlreadyApplied",
+                sum(|o| u64::from(o.already_applied)),
+            )
+            .count("RecordsForgotten", sum(|o| u64::from(o.forgotten)));
+        let extracted = |e: Extraction| applied.iter().filter(|o| o.extraction == e).count() as u64;
+        if applied.iter().any(|o| o.extraction != Extraction::Default) {
+            m.count("LlmExtractions", extracted(Extraction::Llm))
+                .count("LlmExtractionFallbacks", extracted(Extraction::LlmFallback));
+        }
+        let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+        for o in &applied {
+            for (reason, n) in &o.duplicates_by_reason {
+                *by_reason.entry(reason).or_default() += u64::from(*n);
+            }
+        }
+        for (reason, n) in by_reason {
+            m.count(format!("Duplicates{}", pascal_case(reason)), n);
+        }
+        // Only records that did the work: a redelivery's zero times would skew the percentiles.
+        for o in applied
+            .iter()
+            .filter(|o| !o.already_applied && !o.forgotten)
+        {
+            m.millis("EmbedMs", o.embed_time).millis("DbMs", o.db_time);
+        }
+        m
     }
 
     /// What Lambda's event source mapping reads (`ReportBatchItemFailures`): the failed ids.
@@ -178,6 +226,7 @@ pub async fn handle_batch_until(
         duration_ms = ms(started.elapsed()),
         "batch processed"
     );
+    consumer.metrics.emit(&report.metrics());
     report
 }
 
@@ -214,6 +263,8 @@ async fn process_record(
     span.in_scope(|| match &result {
         Ok(o) => tracing::info!(
             already_applied = o.already_applied,
+            forgotten = o.forgotten,
+            extraction = ?o.extraction,
             candidates = o.candidates,
             notes_added = o.notes_added,
             notes_reinforced = o.notes_reinforced,

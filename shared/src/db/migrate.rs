@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "note_variants",
         sql: include_str!("../../migrations/0002_note_variants.sql"),
     },
+    Migration {
+        version: 4,
+        name: "forgotten_users",
+        sql: include_str!("../../migrations/0004_forgotten_users.sql"),
+    },
 ];
 
 /// The schema version this build expects (the last migration's).

@@ -33,7 +33,10 @@ impl PgNotes {
     }
 }
 
-/// The personalisation query; `memory_notes_user_id_idx` narrows it to one user's rows.
+/// The personalisation query: the user's top `MEMORY_CONTEXT_NOTES` notes, most reinforced
+/// (`times_seen`) first, ties broken by the most recently seen (`last_seen_at`), then the newest
+/// id. Only `WHERE user_id = $1` rows are read, so another user's notes never reach the prompt.
+/// `memory_notes_user_id_idx` narrows it to one user's rows.
 const TOP_NOTES_SQL: &str = "SELECT content FROM memory_notes WHERE user_id = $1 \
      ORDER BY times_seen DESC, last_seen_at DESC, id DESC LIMIT $2";
 

@@ -135,9 +135,10 @@ impl ElaborateRequest {
 
 /// Decides whose request this is.
 ///
-/// An authorizer identity (API Gateway claims, IAM caller) always wins, and a different body
-/// `user_id` is refused (403). Without one, the body's `user_id` counts only when `trust_body`
-/// (`TRUST_BODY_USER_ID=true`, local development); otherwise the caller is unauthenticated (401).
+/// An authorizer identity (API Gateway claims, IAM caller) always wins, and a different request
+/// `user_id` (the body's, or the memory routes' query parameter) is refused (403). Without one,
+/// the request's `user_id` counts only when `trust_body` (`TRUST_BODY_USER_ID=true`, local
+/// development); otherwise the caller is unauthenticated (401).
 pub fn resolve_user(
     authorized: Option<&str>,
     body: Option<&UserId>,
@@ -165,14 +166,16 @@ pub fn resolve_user(
             Some(_) => Err(RequestError::field(
                 ErrorCode::Unauthenticated,
                 "user_id",
-                "no authorizer identity on this request; the body's user_id is accepted only when \
-                 TRUST_BODY_USER_ID=true (local development)",
+                "no authorizer identity on this request; a user_id in the request (the body's, or \
+                 the memory routes' ?user_id=) is accepted only when TRUST_BODY_USER_ID=true \
+                 (local development)",
             )),
             None => Err(RequestError::field(
                 ErrorCode::Unauthenticated,
                 "user_id",
                 if trust_body {
-                    "no identity: send user_id in the body (TRUST_BODY_USER_ID=true)"
+                    "no identity: send user_id in the body, or as ?user_id= on the memory routes \
+                     (TRUST_BODY_USER_ID=true)"
                 } else {
                     "no authorizer identity on this request (API Gateway authorizer or IAM auth required)"
                 },

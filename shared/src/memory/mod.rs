@@ -1,10 +1,12 @@
 //! Long-term memory: note extraction, semantic dedup, and the store behind it.
 
+pub mod account;
 pub mod decide;
 pub mod dedup;
 pub mod error;
 pub mod eval;
 pub mod extract;
+pub mod llm_extract;
 pub mod normalize;
 pub mod plan;
 pub mod service;

@@ -1,5 +1,6 @@
 //! The memory service: one completed elaboration in, the user's memory updated exactly once.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use crate::events::ElaborationCompleted;
 use crate::memory::decide::{span_cosines, Decider};
 use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans};
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
+use crate::memory::llm_extract::LlmExtractor;
 use crate::memory::normalize::content_hash;
 use crate::memory::plan::Candidate;
 use crate::memory::store::{MemoryStore, PgMemoryStore, PreparedRecord};
@@ -34,6 +36,17 @@ impl TextEmbedder for Embedder {
     }
 }
 
+/// Which extractor produced an event's candidate notes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extraction {
+    /// The deterministic extractor (`NOTE_EXTRACTOR=default`).
+    Default,
+    /// The LLM extractor (`NOTE_EXTRACTOR=llm`).
+    Llm,
+    /// The LLM extractor failed (error, timeout, invalid answer): the deterministic one applied.
+    LlmFallback,
+}
+
 /// What applying one event did, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -43,6 +56,10 @@ pub struct ApplyOutcome {
     pub user_id: UserId,
     /// The event had been applied before (a redelivery): nothing changed.
     pub already_applied: bool,
+    /// The user forgot their memory after this event was created: nothing was written.
+    pub forgotten: bool,
+    /// Which extractor produced the candidates.
+    pub extraction: Extraction,
     /// Candidate notes extracted.
     pub candidates: usize,
     /// Notes inserted.
@@ -51,6 +68,10 @@ pub struct ApplyOutcome {
     pub notes_reinforced: u32,
     /// Candidates that were duplicates.
     pub duplicates: u32,
+    /// The duplicates by the decision's reason (`exact_match`, `semantic_match`).
+    pub duplicates_by_reason: BTreeMap<&'static str, u32>,
+    /// Semantic duplicates kept as variants of the note they matched.
+    pub variants_added: u32,
     /// Time spent embedding the candidates.
     pub embed_time: Duration,
     /// Time spent in the database (connection, transaction, commit).
@@ -61,6 +82,8 @@ pub struct ApplyOutcome {
 #[derive(Clone)]
 pub struct MemoryService {
     extractor: Arc<dyn NoteExtractor>,
+    /// Asked first when set; `extractor` is its fallback.
+    llm: Option<LlmExtractor>,
     embedder: Arc<dyn TextEmbedder>,
     store: Arc<dyn MemoryStore>,
 }
@@ -80,8 +103,29 @@ impl MemoryService {
     ) -> Self {
         Self {
             extractor,
+            llm: None,
             embedder,
             store,
+        }
+    }
+
+    /// Asks `llm` for the notes first (`NOTE_EXTRACTOR=llm`); the extractor given to
+    /// [`MemoryService::new`] applies when it fails.
+    pub fn with_llm_extractor(mut self, llm: LlmExtractor) -> Self {
+        self.llm = Some(llm);
+        self
+    }
+
+    async fn extract(&self, event: &ElaborationCompleted) -> (Vec<String>, Extraction) {
+        let Some(llm) = &self.llm else {
+            return (self.extractor.extract(event), Extraction::Default);
+        };
+        match llm.extract(event).await {
+            Ok(notes) => (notes, Extraction::Llm),
+            Err(err) => {
+                tracing::warn!(provider = llm.provider_name(), error = %err, "LLM note extraction failed; using the default extractor");
+                (self.extractor.extract(event), Extraction::LlmFallback)
+            }
         }
     }
 
@@ -106,7 +150,7 @@ impl MemoryService {
 
     /// Applies one event to its user's memory, exactly once (a redelivery changes nothing).
     pub async fn apply(&self, event: &ElaborationCompleted) -> Result<ApplyOutcome, MemoryError> {
-        let notes = self.extractor.extract(event);
+        let (notes, extraction) = self.extract(event).await;
 
         let started = Instant::now();
         let embeddings = if notes.is_empty() {
@@ -127,6 +171,7 @@ impl MemoryService {
         let record = PreparedRecord {
             event_id: event.event_id,
             user_id: event.user_id.clone(),
+            created_at: event.created_at,
             candidates: notes
                 .into_iter()
                 .zip(embeddings)
@@ -145,10 +190,14 @@ impl MemoryService {
             event_id: event.event_id,
             user_id: event.user_id.clone(),
             already_applied: stored.already_applied,
+            forgotten: stored.forgotten,
+            extraction,
             candidates: record.candidates.len(),
             notes_added: stored.notes_added,
             notes_reinforced: stored.notes_reinforced,
             duplicates: stored.duplicates,
+            duplicates_by_reason: stored.duplicates_by_reason,
+            variants_added: stored.variants_added,
             embed_time,
             db_time,
         })

@@ -3,19 +3,24 @@
 //! One record is applied in ONE transaction:
 //! 1. `pg_advisory_xact_lock` on the user: records of one user are serialised (across
 //!    concurrent invocations and consumers), records of different users run in parallel;
-//! 2. `INSERT INTO processed_events ... ON CONFLICT DO NOTHING`: a conflict means the event was
+//! 2. if the user forgot their memory (`forgotten_users`) at or after the event's `created_at`,
+//!    the record succeeds and nothing is written: an old event cannot bring a note back;
+//! 3. `INSERT INTO processed_events ... ON CONFLICT DO NOTHING`: a conflict means the event was
 //!    already applied (a redelivery), so the record succeeds and nothing else changes;
-//! 3. the user's notes are loaded and [`plan`] decides each candidate (insert, reinforce a
+//! 4. the user's notes are loaded and [`plan`] decides each candidate (insert, reinforce a
 //!    note at most once per event, or skip a repeat);
-//! 4. the plan is executed: new notes are inserted, matched notes reinforced (`times_seen + 1`,
+//! 5. the plan is executed: new notes are inserted, matched notes reinforced (`times_seen + 1`,
 //!    `last_seen_at`), and every candidate judged a *semantic* duplicate is kept as a variant of
 //!    the note it matched (`note_variants`, the most recent `variants_max` per note), so a merge
 //!    loses nothing and can be split back out; exact duplicates only reinforce;
-//! 5. the counts are written to the `processed_events` row, and the transaction commits.
+//! 6. the counts are written to the `processed_events` row, and the transaction commits.
 //!
 //! A failure anywhere rolls everything back (including the `processed_events` row), so the
 //! redelivered record is applied from scratch.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::config::DedupConfig;
@@ -33,15 +38,19 @@ pub struct PreparedRecord {
     pub event_id: EventId,
     /// Whose memory.
     pub user_id: UserId,
+    /// When the elaboration completed (compared with the user's `forgotten_at`).
+    pub created_at: DateTime<Utc>,
     /// The candidate notes, in extraction order.
     pub candidates: Vec<Candidate>,
 }
 
 /// What applying one record changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreOutcome {
     /// The event had been applied before: nothing changed.
     pub already_applied: bool,
+    /// The user forgot their memory after this event was created: nothing was written.
+    pub forgotten: bool,
     /// Notes inserted.
     pub notes_added: u32,
     /// Existing notes whose `times_seen` went up.
@@ -50,6 +59,18 @@ pub struct StoreOutcome {
     pub duplicates: u32,
     /// Semantic duplicates kept as variants of the note they matched.
     pub variants_added: u32,
+    /// The duplicates by the decision's reason (`exact_match`, `semantic_match`).
+    pub duplicates_by_reason: BTreeMap<&'static str, u32>,
+}
+
+impl StoreOutcome {
+    fn duplicate(&mut self, reason: Reason) {
+        self.duplicates += 1;
+        *self
+            .duplicates_by_reason
+            .entry(reason.as_str())
+            .or_default() += 1;
+    }
 }
 
 /// Stores candidate notes exactly once per event.
@@ -126,6 +147,20 @@ async fn apply_in_transaction(
     )
     .await
     .map_err(db)?;
+    let forgotten = tx
+        .query_opt(
+            "SELECT 1 FROM forgotten_users WHERE user_id = $1 AND forgotten_at >= $2",
+            &[&user, &record.created_at],
+        )
+        .await
+        .map_err(db)?;
+    if forgotten.is_some() {
+        tx.commit().await.map_err(db)?;
+        return Ok(StoreOutcome {
+            forgotten: true,
+            ..StoreOutcome::default()
+        });
+    }
     let inserted = tx
         .execute(
             "INSERT INTO processed_events (event_id, user_id) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
@@ -188,7 +223,7 @@ async fn apply_in_transaction(
                     inserted_ids[index] = Some(row.try_get(0).map_err(db)?);
                     outcome.notes_added += 1;
                 } else {
-                    outcome.duplicates += 1;
+                    outcome.duplicate(Reason::ExactMatch);
                     outcome.notes_reinforced += 1;
                 }
                 None
@@ -200,12 +235,12 @@ async fn apply_in_transaction(
                 )
                 .await
                 .map_err(db)?;
-                outcome.duplicates += 1;
+                outcome.duplicate(decision.reason);
                 outcome.notes_reinforced += 1;
                 Some((Some(note.0), decision))
             }
             Action::Skip { decision, reason } => {
-                outcome.duplicates += 1;
+                outcome.duplicate(decision.reason);
                 let target = match reason {
                     SkipReason::NoteAlreadyReinforced { note } => Some(note.0),
                     SkipReason::RepeatsEarlierCandidate { earlier } => {

@@ -144,6 +144,37 @@ async fn the_binary_under_the_lambda_emulator_reports_exactly_the_failed_records
         .unwrap();
     assert_eq!(record["user_id"], "user-b", "{applied}");
     assert!(record["event_id"].as_str().is_some(), "{applied}");
+
+    // A paraphrase in a later invocation is merged losslessly: kept as a variant of the note.
+    let paraphrase = "Relief comes through patience.";
+    let payload = sqs_event_json(
+        &[("m-5".to_owned(), event("user-a", paraphrase).to_body())],
+        STANDARD_ARN,
+    );
+    let (watch, response) = tokio::task::spawn_blocking(move || {
+        let r = watch.invoke_json(&payload);
+        (watch, r)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        response,
+        serde_json::json!({"batchItemFailures": []}),
+        "emulator log:\n{}",
+        watch.log()
+    );
+    let variants: Vec<(String, String, i32)> = admin
+        .query(
+            "SELECT n.user_id, v.content, n.times_seen FROM note_variants v \
+             JOIN memory_notes n ON n.id = v.note_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(variants, vec![("user-a".into(), paraphrase.into(), 3)]);
     tokio::task::spawn_blocking(move || drop(watch))
         .await
         .unwrap();

@@ -235,6 +235,45 @@ async fn walkthrough(runner: &Runner) {
         "the same request again added a note: {notes:?}"
     );
 
+    // A paraphrase is merged losslessly: the note is reinforced and keeps it as a variant,
+    // which `hikmah memory split` turns back into a note of its own.
+    let paraphrase = "Relief comes through patience.";
+    assert_streamed_and_done(&runner.elaborate("newcomer-1", paraphrase).await);
+    let notes = runner
+        .wait_for_notes("newcomer-1", |n| {
+            n.iter().any(|n| {
+                n["variants"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|v| v["content"] == paraphrase))
+            })
+        })
+        .await;
+    assert_eq!(notes.len(), count, "the paraphrase added a note: {notes:?}");
+    let variant = notes
+        .iter()
+        .flat_map(|n| n["variants"].as_array().unwrap())
+        .find(|v| v["content"] == paraphrase)
+        .unwrap()["id"]
+        .to_string();
+    assert!(
+        runner
+            .cli(&[
+                "memory",
+                "split",
+                "--user",
+                "newcomer-1",
+                "--variant",
+                &variant
+            ])
+            .await
+    );
+    let notes = runner.notes("newcomer-1").await;
+    assert_eq!(notes.len(), count + 1, "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n["content"] == paraphrase),
+        "{notes:?}"
+    );
+
     let users: Vec<String> = (1..=5).map(|i| format!("concurrent-{i}")).collect();
     let streams = futures::future::join_all(users.iter().enumerate().map(|(i, user)| {
         let hikmah = format!("Gratitude number {i} turns what we have into enough.");

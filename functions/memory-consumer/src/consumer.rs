@@ -3,10 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use shared::config::{ConfigError, DbConfig, DedupConfig, EmbedConfig, Env};
+use shared::aws::AwsConfig;
+use shared::config::{ConfigError, DbConfig, DedupConfig, EmbedConfig, Env, JudgeConfig};
 use shared::db::{Db, DbError};
 use shared::embed::{EmbedError, Embedder};
+use shared::llm::LlmError;
 use shared::memory::dedup::DedupPolicy;
+use shared::memory::judge::Judge;
 use shared::memory::service::MemoryService;
 
 /// Pool size when `POOL_MAX_SIZE` is unset = records processed at once per execution
@@ -25,6 +28,9 @@ pub enum InitError {
     /// The model files or ONNX Runtime could not be loaded.
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    /// The LLM provider could not be set up.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
 }
 
 /// How long each part of init took (logged once, printed by `hikmah bench consumer`).
@@ -58,6 +64,7 @@ impl Consumer {
         let db_cfg = DbConfig::from_env(env, DEFAULT_POOL_SIZE)?;
         let embed_cfg = EmbedConfig::from_env(env)?;
         let dedup = DedupConfig::from_env(env)?;
+        let judge = JudgeConfig::from_env(env)?;
         let config = started.elapsed();
 
         let t = Instant::now();
@@ -69,12 +76,17 @@ impl Consumer {
         let embedder_time = t.elapsed();
 
         let concurrency = db.pool().status().max_size;
-        let service = MemoryService::postgres_with_variants(
+        let mut service = MemoryService::postgres_with_variants(
             db.clone(),
             embedder,
             DedupPolicy::from(&dedup),
             dedup.variants_max,
         );
+        // DEDUP_JUDGE=llm: the provider is built only then.
+        if let Some(judge) = &judge {
+            let judge = Judge::from_config(judge, &AwsConfig::new()).await?;
+            service = service.with_judge(judge, DedupPolicy::from(&dedup));
+        }
         let mut consumer = Self::new(service, db, concurrency);
         consumer.init = InitTimings {
             config,
@@ -90,6 +102,7 @@ impl Consumer {
             pool_max_size = db_cfg.pool_max_size,
             concurrency = consumer.concurrency,
             dedup_threshold = dedup.threshold,
+            dedup_judge = if judge.is_some() { "llm" } else { "rules" },
             "memory-consumer initialised"
         );
         Ok(consumer)

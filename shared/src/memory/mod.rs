@@ -5,6 +5,7 @@ pub mod dedup;
 pub mod error;
 pub mod eval;
 pub mod extract;
+pub mod judge;
 pub mod normalize;
 pub mod plan;
 pub mod service;

@@ -10,10 +10,13 @@ use crate::db::Db;
 use crate::embed::Embedder;
 use crate::events::ElaborationCompleted;
 use crate::memory::decide::{span_cosines, Decider};
-use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans};
+use crate::memory::dedup::{
+    embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans, Verdicts,
+};
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
+use crate::memory::judge::Judge;
 use crate::memory::normalize::content_hash;
-use crate::memory::plan::Candidate;
+use crate::memory::plan::{judge_requests, Candidate};
 use crate::memory::store::{MemoryStore, PgMemoryStore, PreparedRecord};
 use crate::memory::MemoryError;
 use crate::types::{Embedding, EventId, UserId};
@@ -53,16 +56,38 @@ pub struct ApplyOutcome {
     pub duplicates: u32,
     /// Time spent embedding the candidates.
     pub embed_time: Duration,
+    /// Pairs the judge was asked about (0 with `DEDUP_JUDGE=rules`).
+    pub judge_calls: usize,
+    /// Time spent reading the user's notes for the judge and waiting for it.
+    pub judge_time: Duration,
     /// Time spent in the database (connection, transaction, commit).
     pub db_time: Duration,
 }
 
-/// Extract → embed (one batch) → store (one transaction). Build it once at init and share it.
+/// Extract → embed (one batch) → [judge] → store (one transaction). Build it once at init and
+/// share it.
 #[derive(Clone)]
 pub struct MemoryService {
     extractor: Arc<dyn NoteExtractor>,
     embedder: Arc<dyn TextEmbedder>,
     store: Arc<dyn MemoryStore>,
+    judge: Option<Arc<JudgeStep>>,
+}
+
+/// The judge step (`DEDUP_JUDGE=llm`), between embedding and the transaction.
+///
+/// Why here: the transaction holds the user's advisory lock and a pooled connection, and must
+/// never wait on an LLM (seconds, or the timeout). But which pairs are ambiguous depends on the
+/// user's notes, which only the transaction reads consistently. So the step reads them once
+/// before it, read-only ([`MemoryStore::known_notes`]), finds the ambiguous pairs with the same
+/// policy ([`judge_requests`]), asks the judge, and hands the verdicts to the transaction keyed
+/// by the two notes' content hashes: the pure plan inside it uses a verdict only if the pair is
+/// still there. A note stored in between (by a concurrent record of the same user) simply has
+/// no verdict, and a pair in the band without one is kept apart, the conservative outcome.
+/// The price is one extra read of the user's notes per record, only with the judge on.
+struct JudgeStep {
+    judge: Judge,
+    policy: DedupPolicy,
 }
 
 impl std::fmt::Debug for MemoryService {
@@ -82,7 +107,15 @@ impl MemoryService {
             extractor,
             embedder,
             store,
+            judge: None,
         }
+    }
+
+    /// Asks `judge` about the pairs that `policy` (the store's) leaves to it, before each
+    /// record's transaction (see [`JudgeStep`]).
+    pub fn with_judge(mut self, judge: Judge, policy: DedupPolicy) -> Self {
+        self.judge = Some(Arc::new(JudgeStep { judge, policy }));
+        self
     }
 
     /// The production wiring: the default extractor, the real embedder, PostgreSQL (with the
@@ -124,18 +157,28 @@ impl MemoryService {
             });
         }
 
+        let candidates: Vec<Candidate> = notes
+            .into_iter()
+            .zip(embeddings)
+            .map(|(text, embedding)| Candidate {
+                content_hash: content_hash(&text),
+                text,
+                embedding,
+            })
+            .collect();
+        let started = Instant::now();
+        let verdicts = match &self.judge {
+            Some(step) if !candidates.is_empty() => {
+                Some(self.judged(step, &event.user_id, &candidates).await?)
+            }
+            _ => None,
+        };
+        let judge_time = started.elapsed();
         let record = PreparedRecord {
             event_id: event.event_id,
             user_id: event.user_id.clone(),
-            candidates: notes
-                .into_iter()
-                .zip(embeddings)
-                .map(|(text, embedding)| Candidate {
-                    content_hash: content_hash(&text),
-                    text,
-                    embedding,
-                })
-                .collect(),
+            candidates,
+            verdicts,
         };
         let started = Instant::now();
         let stored = self.store.apply(&record).await?;
@@ -150,8 +193,36 @@ impl MemoryService {
             notes_reinforced: stored.notes_reinforced,
             duplicates: stored.duplicates,
             embed_time,
+            judge_calls: record.verdicts.as_ref().map_or(0, Verdicts::len),
+            judge_time,
             db_time,
         })
+    }
+
+    /// The judge's verdicts on the record's ambiguous pairs, against the user's notes as read
+    /// now (see [`JudgeStep`]).
+    async fn judged(
+        &self,
+        step: &JudgeStep,
+        user: &UserId,
+        candidates: &[Candidate],
+    ) -> Result<Verdicts, MemoryError> {
+        let known = self.store.known_notes(user).await?;
+        let requests = judge_requests(&step.policy, step.judge.band(), &known, candidates);
+        let verdicts = step.judge.verdicts(&requests).await;
+        if !requests.is_empty() {
+            let (same, different, failed) = verdicts.counts();
+            tracing::info!(
+                ambiguous = requests.len(),
+                asked = verdicts.len(),
+                same,
+                different,
+                failed,
+                unjudged = requests.len() - verdicts.len(),
+                "dedup judge"
+            );
+        }
+        Ok(verdicts)
     }
 }
 
@@ -211,7 +282,7 @@ pub async fn decide_pairs(
     let needed: Vec<(usize, Spans)> = (0..pairs.len())
         .filter_map(|i| {
             let (a, b) = refs(i);
-            policy.spans_needed(a, b).map(|s| (i, s))
+            policy.spans_needed(a, b, None).map(|s| (i, s))
         })
         .collect();
     let spans: Vec<&Spans> = needed.iter().map(|(_, s)| s).collect();

@@ -336,3 +336,66 @@ async fn the_composition_root_asks_the_provider_only_with_dedup_judge_llm() {
     assert!(err.to_string().contains("DEDUP_JUDGE"), "{err}");
     tdb.cleanup().await;
 }
+
+/// `hikmah dedup --eval FILE --split all --json --judge` with the judge asking `fake`.
+fn eval_with_judge(file: &std::path::Path, env: &[(String, String)]) -> std::process::Output {
+    std::process::Command::new(hikmah_tests::bins::bin("hikmah"))
+        .args(["dedup", "--eval"])
+        .arg(file)
+        .args(["--split", "all", "--json", "--judge"])
+        .env_remove("DEDUP_THRESHOLD")
+        .env_remove("DEDUP_JUDGE")
+        .envs(env.iter().cloned())
+        .output()
+        .expect("run hikmah dedup --eval --judge")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hikmah_dedup_eval_with_judge_asks_it_about_the_in_band_pairs_only() {
+    let fake = FakeLlm::start(Script::says("same")).await;
+    let file = std::env::temp_dir().join(format!("judge-pairs-{}.jsonl", uuid::Uuid::new_v4()));
+    let pair = |a: &str, b: &str, label: &str, class: &str| {
+        serde_json::json!({"a": a, "b": b, "label": label, "class": class}).to_string()
+    };
+    std::fs::write(
+        &file,
+        [
+            // In the band, below the threshold: the rules miss it, the judge finds it.
+            pair(PATIENCE, UNLOCKS, "dup", "paraphrase"),
+            // A text guard (opposite terms) decides it: the judge is not asked.
+            pair(
+                "She finds it easy to forgive others.",
+                "She finds it hard to forgive others.",
+                "distinct",
+                "antonym",
+            ),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+
+    let out = eval_with_judge(&file, &judge_env(&fake, &[]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(printed["judge"]["calls"], 1, "{printed}");
+    assert_eq!(printed["judge"]["same"], 1, "{printed}");
+    assert_eq!(printed["all"]["overall"]["recall"], 1.0, "{printed}");
+    assert_eq!(printed["all"]["overall"]["precision"], 1.0, "{printed}");
+    assert_eq!(fake.requests().len(), 1);
+
+    // Without DEDUP_JUDGE=llm, --judge says what to set.
+    let mut no_judge = judge_env(&fake, &[]);
+    no_judge.retain(|(k, _)| k != "DEDUP_JUDGE");
+    let out = eval_with_judge(&file, &no_judge);
+    let _ = std::fs::remove_file(&file);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DEDUP_JUDGE=llm"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

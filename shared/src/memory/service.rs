@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::StreamExt;
 
 use crate::config::DedupConfig;
 use crate::db::Db;
@@ -11,7 +12,7 @@ use crate::embed::Embedder;
 use crate::events::ElaborationCompleted;
 use crate::memory::decide::{span_cosines, Decider};
 use crate::memory::dedup::{
-    embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans, Verdicts,
+    embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans, Verdict, Verdicts,
 };
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
 use crate::memory::judge::Judge;
@@ -226,25 +227,27 @@ impl MemoryService {
     }
 }
 
-/// Decides whether `candidate` duplicates `existing` exactly as the consumer does (same
-/// embedding text, same hashes, same policy): for `hikmah dedup` and threshold tuning.
-pub async fn decide_texts(
-    embedder: &dyn TextEmbedder,
-    policy: &DedupPolicy,
-    existing: &str,
-    candidate: &str,
-) -> Result<Decision, MemoryError> {
-    let mut decisions = decide_pairs(embedder, policy, &[(existing, candidate)]).await?;
-    decisions.pop().ok_or(MemoryError::EmbedCount {
-        expected: 2,
-        got: 0,
-    })
-}
-
-/// [`decide_texts`] for many `(existing, candidate)` pairs, embedding every text in one call.
+/// Decides whether each `(existing, candidate)` pair is a duplicate exactly as the consumer does
+/// (same embedding text, same hashes, same policy), embedding every text in one call: for
+/// `hikmah dedup`, its evaluation and threshold tuning.
 pub async fn decide_pairs(
     embedder: &dyn TextEmbedder,
     policy: &DedupPolicy,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<Decision>, MemoryError> {
+    decide_pairs_judged(embedder, policy, None, pairs).await
+}
+
+/// Judge calls in flight at once when [`decide_pairs_judged`] measures many pairs.
+const EVAL_JUDGE_CONCURRENCY: usize = 4;
+
+/// [`decide_pairs`] with the consumer's `judge` (`DEDUP_JUDGE=llm`) deciding the pairs in its
+/// band, each pair being its own record: for `hikmah dedup --judge`, to measure what the judge
+/// adds against a real provider.
+pub async fn decide_pairs_judged(
+    embedder: &dyn TextEmbedder,
+    policy: &DedupPolicy,
+    judge: Option<&Judge>,
     pairs: &[(&str, &str)],
 ) -> Result<Vec<Decision>, MemoryError> {
     let texts: Vec<String> = pairs
@@ -278,16 +281,35 @@ pub async fn decide_pairs(
             },
         )
     };
+    let mut evidence = Evidence::default();
+    if let Some(judge) = judge {
+        let asked: Vec<usize> = (0..pairs.len())
+            .filter(|&i| {
+                let (a, b) = refs(i);
+                policy.verdict_needed(a, b, judge.band()).is_some()
+            })
+            .collect();
+        let answers: Vec<Verdict> =
+            futures::stream::iter(asked.iter().map(|&i| judge.ask(pairs[i].0, pairs[i].1)))
+                .buffered(EVAL_JUDGE_CONCURRENCY)
+                .collect()
+                .await;
+        let mut verdicts = Verdicts::new(judge.band());
+        for (&i, verdict) in asked.iter().zip(answers) {
+            verdicts.insert(&hashes[i].0, &hashes[i].1, verdict);
+        }
+        evidence = Evidence::judged(verdicts);
+    }
     // Exactly as the consumer: the spans of the pairs that need them, measured in one batch.
+    let band = evidence.judge_band();
     let needed: Vec<(usize, Spans)> = (0..pairs.len())
         .filter_map(|i| {
             let (a, b) = refs(i);
-            policy.spans_needed(a, b, None).map(|s| (i, s))
+            policy.spans_needed(a, b, band).map(|s| (i, s))
         })
         .collect();
     let spans: Vec<&Spans> = needed.iter().map(|(_, s)| s).collect();
     let cosines = span_cosines(embedder, &spans).await?;
-    let mut evidence = Evidence::default();
     for ((i, _), c) in needed.iter().zip(cosines) {
         evidence.insert_span_cosine(&hashes[*i].0, &hashes[*i].1, c);
     }

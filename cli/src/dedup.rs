@@ -96,8 +96,9 @@ fn judge_summary(judge: &Judge, decisions: &[Decision]) -> serde_json::Value {
         count(Reason::JudgedDifferent),
         count(Reason::JudgeFailed),
     );
+    let round = |x: f32| (f64::from(x) * 1000.0).round() / 1000.0;
     serde_json::json!({
-        "band": [judge.band().low, judge.band().high],
+        "band": [round(judge.band().low), round(judge.band().high)],
         "calls": same + different + failed,
         "same": same,
         "different": different,

@@ -17,6 +17,10 @@
 //!      transliterated: `sabr` = patience, `shukr` = gratitude, `tawakkul` = trust, ...) and the
 //!      sets differ (`sabr is half of faith` vs `shukr is half of faith`).
 //!
+//! With `DEDUP_JUDGE=llm`, a pair whose cosine is in the judge's band and that no exact match or
+//! text guard decides is decided by the judge's [`Verdict`] instead (no usable verdict: kept
+//! apart); see [`judge`](super::judge).
+//!
 //! Embeddings are L2-normalised, so the cosine is a dot product.
 
 use std::collections::{BTreeSet, HashMap};

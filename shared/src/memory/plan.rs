@@ -5,8 +5,9 @@
 //! Each candidate is decided with [`DedupPolicy::best_match`] against the user's notes and
 //! against the record's earlier candidates that are inserted, in that order. What the model must
 //! measure beyond the notes' embeddings (the differing spans of similar pairs) is listed first by
-//! [`span_requests`], measured by the caller, and passed in as [`Evidence`]. Two rules hold for
-//! one event:
+//! [`span_requests`], measured by the caller, and passed in as [`Evidence`]; so are the judge's
+//! verdicts on the pairs [`judge_requests`] lists, when the judge is on. Two rules hold for one
+//! event:
 //! - a candidate repeating an earlier candidate of the same event is a duplicate but reinforces
 //!   nothing (the note it repeats is new: it was not "seen again");
 //! - a note is reinforced at most once per event, however many candidates match it, so

@@ -65,7 +65,7 @@ pub struct ApplyOutcome {
     pub db_time: Duration,
 }
 
-/// Extract → embed (one batch) → [judge] → store (one transaction). Build it once at init and
+/// Extract → embed (one batch) → (judge) → store (one transaction). Build it once at init and
 /// share it.
 #[derive(Clone)]
 pub struct MemoryService {
@@ -75,17 +75,7 @@ pub struct MemoryService {
     judge: Option<Arc<JudgeStep>>,
 }
 
-/// The judge step (`DEDUP_JUDGE=llm`), between embedding and the transaction.
-///
-/// Why here: the transaction holds the user's advisory lock and a pooled connection, and must
-/// never wait on an LLM (seconds, or the timeout). But which pairs are ambiguous depends on the
-/// user's notes, which only the transaction reads consistently. So the step reads them once
-/// before it, read-only ([`MemoryStore::known_notes`]), finds the ambiguous pairs with the same
-/// policy ([`judge_requests`]), asks the judge, and hands the verdicts to the transaction keyed
-/// by the two notes' content hashes: the pure plan inside it uses a verdict only if the pair is
-/// still there. A note stored in between (by a concurrent record of the same user) simply has
-/// no verdict, and a pair in the band without one is kept apart, the conservative outcome.
-/// The price is one extra read of the user's notes per record, only with the judge on.
+/// The judge step (`DEDUP_JUDGE=llm`): see [`MemoryService::with_judge`].
 struct JudgeStep {
     judge: Judge,
     policy: DedupPolicy,
@@ -113,7 +103,18 @@ impl MemoryService {
     }
 
     /// Asks `judge` about the pairs that `policy` (the store's) leaves to it, before each
-    /// record's transaction (see [`JudgeStep`]).
+    /// record's transaction.
+    ///
+    /// Why there: the transaction holds the user's advisory lock and a pooled connection, and
+    /// must never wait on an LLM (seconds, or the timeout). But which pairs are ambiguous depends
+    /// on the user's notes, which only the transaction reads consistently. So each record's
+    /// notes are read once before it, read-only ([`MemoryStore::known_notes`]), the ambiguous
+    /// pairs found with the same policy ([`judge_requests`]), the judge asked, and the verdicts
+    /// handed to the transaction keyed by the two notes' content hashes: the pure plan inside it
+    /// uses a verdict only if the pair is still there. A note stored in between (by a concurrent
+    /// record of the same user) simply has no verdict, and a pair in the band without one is kept
+    /// apart, the conservative outcome. The price is one extra read of the user's notes per
+    /// record, only with the judge on.
     pub fn with_judge(mut self, judge: Judge, policy: DedupPolicy) -> Self {
         self.judge = Some(Arc::new(JudgeStep { judge, policy }));
         self

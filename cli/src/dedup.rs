@@ -4,11 +4,13 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use shared::config::{DedupConfig, EmbedConfig, Env};
+use shared::aws::AwsConfig;
+use shared::config::{DedupConfig, EmbedConfig, Env, JudgeConfig};
 use shared::embed::Embedder;
-use shared::memory::dedup::{differing_words, DedupPolicy};
+use shared::memory::dedup::{differing_words, Decision, DedupPolicy, Reason};
 use shared::memory::eval::{parse_pairs, splits, EvalReport, Label, Split};
-use shared::memory::service::{decide_pairs, decide_texts};
+use shared::memory::judge::Judge;
+use shared::memory::service::decide_pairs_judged;
 
 /// Arguments of `hikmah dedup`.
 #[derive(Debug, clap::Args)]
@@ -31,6 +33,10 @@ pub struct Args {
     /// With --eval: also list the misjudged pairs of the reported splits.
     #[arg(long, requires = "eval")]
     pub errors: bool,
+    /// Let the LLM judge decide the pairs in its band, as the consumer does with
+    /// `DEDUP_JUDGE=llm` (needs DEDUP_JUDGE=llm and a provider in the environment).
+    #[arg(long)]
+    pub judge: bool,
 }
 
 /// Which part of the labelled set `--eval` reports.
@@ -51,21 +57,59 @@ pub enum SplitArg {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = Env::process();
     let policy = DedupPolicy::from(&DedupConfig::from_env(&env)?);
+    let judge = if args.judge {
+        let Some(cfg) = JudgeConfig::from_env(&env)? else {
+            anyhow::bail!(
+                "--judge asks the judge the consumer would ask: set DEDUP_JUDGE=llm and its \
+                 provider (LLM_PROVIDER=openai with OPENAI_BASE_URL/OPENAI_API_KEY, or bedrock)"
+            );
+        };
+        Some(Judge::from_config(&cfg, &AwsConfig::new()).await?)
+    } else {
+        None
+    };
     let embedder = Embedder::load(&EmbedConfig::from_env(&env)?)?;
     if let Some(path) = &args.eval {
-        return eval(&embedder, &policy, path, &args).await;
+        return eval(&embedder, &policy, judge.as_ref(), path, &args).await;
     }
     let (Some(existing), Some(candidate)) = (&args.existing, &args.candidate) else {
         anyhow::bail!("give EXISTING and CANDIDATE, or --eval FILE");
     };
-    let decision = decide_texts(&embedder, &policy, existing, candidate).await?;
+    let decision = decide_pairs_judged(
+        &embedder,
+        &policy,
+        judge.as_ref(),
+        &[(existing.as_str(), candidate.as_str())],
+    )
+    .await?
+    .pop()
+    .context("no decision")?;
     println!("{}", serde_json::to_string(&decision)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the judge was asked in an evaluation: `{"band", "calls", "same", "different", "failed"}`.
+fn judge_summary(judge: &Judge, decisions: &[Decision]) -> serde_json::Value {
+    let count = |r: Reason| decisions.iter().filter(|d| d.reason == r).count();
+    let (same, different, failed) = (
+        count(Reason::JudgedSame),
+        count(Reason::JudgedDifferent),
+        count(Reason::JudgeFailed),
+    );
+    let round = |x: f32| (f64::from(x) * 1000.0).round() / 1000.0;
+    serde_json::json!({
+        "band": [round(judge.band().low), round(judge.band().high)],
+        "calls": same + different + failed,
+        "same": same,
+        "different": different,
+        "failed": failed,
+    })
 }
 
 async fn eval(
     embedder: &Embedder,
     policy: &DedupPolicy,
+    judge: Option<&Judge>,
     path: &std::path::Path,
     args: &Args,
 ) -> anyhow::Result<ExitCode> {
@@ -73,7 +117,8 @@ async fn eval(
     let pairs = parse_pairs(&text).with_context(|| format!("{}", path.display()))?;
     let split = splits(&pairs);
     let texts: Vec<(&str, &str)> = pairs.iter().map(|p| (p.a.as_str(), p.b.as_str())).collect();
-    let decisions = decide_pairs(embedder, policy, &texts).await?;
+    let decisions = decide_pairs_judged(embedder, policy, judge, &texts).await?;
+    let summary = judge.map(|j| judge_summary(j, &decisions));
     let judged: Vec<bool> = decisions.iter().map(|d| d.duplicate).collect();
 
     // Each reported part: its name and the split it keeps (`None`: every pair).
@@ -94,6 +139,9 @@ async fn eval(
         let mut out = serde_json::Map::new();
         out.insert("pairs".into(), pairs.len().into());
         out.insert("threshold".into(), f64::from(policy.threshold).into());
+        if let Some(summary) = &summary {
+            out.insert("judge".into(), summary.clone());
+        }
         for (name, report) in &reports {
             out.insert((*name).into(), report.to_json());
         }
@@ -105,6 +153,9 @@ async fn eval(
             path.display(),
             policy.threshold
         );
+        if let Some(summary) = &summary {
+            println!("judge (DEDUP_JUDGE=llm): {summary}");
+        }
         for (name, report) in &reports {
             println!("\n{name} split:\n{}", report.to_table());
         }

@@ -396,6 +396,89 @@ impl ExtractorConfig {
     }
 }
 
+/// The optional LLM judge for the ambiguous band (`DEDUP_JUDGE=llm`, `DEDUP_JUDGE_BAND`,
+/// `DEDUP_JUDGE_TIMEOUT_MS`, `DEDUP_JUDGE_BUDGET`), asking the provider of the `LLM_*` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeConfig {
+    /// Lowest cosine the judge decides.
+    pub band_low: f32,
+    /// Cosine from which the rules decide again (exclusive).
+    pub band_high: f32,
+    /// Longest one judge call may take; then the pair is kept apart.
+    pub timeout: Duration,
+    /// Most judge calls per record; the pairs beyond it are kept apart.
+    pub budget: usize,
+    /// The provider asked (`LLM_PROVIDER` and its settings; `offline` cannot judge).
+    pub llm: LlmConfig,
+}
+
+impl JudgeConfig {
+    /// Default band: below it the notes are unrelated, above it the rules rarely err.
+    pub const DEFAULT_BAND: (f32, f32) = (0.70, 0.90);
+    /// Default timeout of one judge call, in milliseconds.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 3_000;
+    /// Default judge calls per record.
+    pub const DEFAULT_BUDGET: u64 = 4;
+
+    /// Reads the judge section (and, when it is on, the LLM section): `None` with `DEDUP_JUDGE`
+    /// unset or `rules` (the default).
+    pub fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        let mode = env
+            .get("DEDUP_JUDGE")
+            .map(|m| m.trim().to_ascii_lowercase())
+            .unwrap_or_else(|| "rules".into());
+        match mode.as_str() {
+            "rules" => return Ok(None),
+            "llm" => {}
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "DEDUP_JUDGE",
+                    value: other.to_owned(),
+                    reason: "expected rules (the default) or llm".into(),
+                })
+            }
+        }
+        let (band_low, band_high) = match env.get("DEDUP_JUDGE_BAND") {
+            None => Self::DEFAULT_BAND,
+            Some(raw) => parse_band(&raw).ok_or_else(|| ConfigError::Invalid {
+                name: "DEDUP_JUDGE_BAND",
+                value: raw.clone(),
+                reason:
+                    "expected two cosines LOW..HIGH with -1 <= LOW < HIGH <= 1, e.g. 0.70..0.90"
+                        .into(),
+            })?,
+        };
+        let llm = LlmConfig::from_env(env)?;
+        if llm == LlmConfig::Offline {
+            return Err(ConfigError::Invalid {
+                name: "DEDUP_JUDGE",
+                value: mode,
+                reason: "the judge needs a real provider: set LLM_PROVIDER=openai (with \
+                         OPENAI_BASE_URL/OPENAI_API_KEY) or bedrock (with LLM_MODEL)"
+                    .into(),
+            });
+        }
+        Ok(Some(Self {
+            band_low,
+            band_high,
+            timeout: env.millis(
+                "DEDUP_JUDGE_TIMEOUT_MS",
+                Self::DEFAULT_TIMEOUT_MS,
+                10..=60_000,
+            )?,
+            budget: env.int_in("DEDUP_JUDGE_BUDGET", Self::DEFAULT_BUDGET, 1..=50)? as usize,
+            llm,
+        }))
+    }
+}
+
+/// `LOW..HIGH` (or `LOW,HIGH`) with `-1 <= LOW < HIGH <= 1`.
+fn parse_band(raw: &str) -> Option<(f32, f32)> {
+    let (low, high) = raw.split_once("..").or_else(|| raw.split_once(','))?;
+    let (low, high): (f32, f32) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    (-1.0 <= low && low < high && high <= 1.0).then_some((low, high))
+}
+
 /// Which LLM provider generates elaborations (`LLM_PROVIDER`, `LLM_MODEL`, `OPENAI_*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LlmConfig {
@@ -624,6 +707,49 @@ mod tests {
         }
         let cfg = DedupConfig::from_env(&env(&[])).unwrap();
         assert_eq!(cfg.variants_max, DedupConfig::DEFAULT_VARIANTS_MAX);
+    }
+
+    #[test]
+    fn the_judge_is_off_by_default_and_each_malformed_setting_names_its_variable(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        const OPENAI: (&str, &str) = ("LLM_PROVIDER", "openai");
+        assert_eq!(JudgeConfig::from_env(&env(&[]))?, None);
+        assert_eq!(
+            JudgeConfig::from_env(&env(&[("DEDUP_JUDGE", "rules")]))?,
+            None
+        );
+        let on = JudgeConfig::from_env(&env(&[("DEDUP_JUDGE", "LLM"), OPENAI]))?
+            .ok_or("DEDUP_JUDGE=llm turns the judge on")?;
+        assert_eq!((on.band_low, on.band_high), JudgeConfig::DEFAULT_BAND);
+        assert!(matches!(on.llm, LlmConfig::OpenAi { .. }));
+        let band = JudgeConfig::from_env(&env(&[
+            ("DEDUP_JUDGE", "llm"),
+            OPENAI,
+            ("DEDUP_JUDGE_BAND", " 0.6 , 0.85 "),
+        ]))?
+        .ok_or("on")?;
+        assert_eq!((band.band_low, band.band_high), (0.6, 0.85));
+        for (name, bad) in [
+            ("DEDUP_JUDGE", "maybe"),
+            ("DEDUP_JUDGE_BAND", "0.9..0.7"),
+            ("DEDUP_JUDGE_BAND", "0.7"),
+            ("DEDUP_JUDGE_BAND", "0.7..1.5"),
+            ("DEDUP_JUDGE_BAND", "a..b"),
+            ("DEDUP_JUDGE_TIMEOUT_MS", "0"),
+            ("DEDUP_JUDGE_TIMEOUT_MS", "soon"),
+            ("DEDUP_JUDGE_BUDGET", "0"),
+            ("DEDUP_JUDGE_BUDGET", "1000"),
+            ("LLM_PROVIDER", "offline"),
+        ] {
+            let mut pairs = vec![("DEDUP_JUDGE", "llm"), OPENAI];
+            pairs.retain(|(k, _)| *k != name);
+            pairs.push((name, bad));
+            let err = JudgeConfig::from_env(&env(&pairs))
+                .err()
+                .ok_or(format!("{name}={bad} accepted"))?;
+            assert!(err.to_string().contains(name), "{name}={bad}: {err}");
+        }
+        Ok(())
     }
 
     #[test]

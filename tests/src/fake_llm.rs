@@ -2,7 +2,9 @@
 //! `POST /v1/chat/completions` with a scripted Server-Sent Events stream.
 //!
 //! It is the only faked part of the end-to-end tests. Scripts set the chunks and the pause before
-//! each one, and failure modes (an HTTP error with a JSON body, a connection dropped mid-stream).
+//! each one, and failure modes (an HTTP error with a JSON body, a connection dropped mid-stream);
+//! a script can depend on the request's user message ([`Script::by_prompt`]), so one server
+//! answers several concurrent prompts (the dedup judge's) each its own way.
 //! Every request body is recorded, and every chunk's send time, so tests can check what the
 //! prompt contained and that the client saw text before the server had finished.
 
@@ -35,6 +37,14 @@ pub enum Script {
         status: u16,
         /// The error message in the body.
         message: String,
+    },
+    /// The script of the first rule whose text the request's user message contains, else
+    /// `otherwise`.
+    ByPrompt {
+        /// `(text the user message contains, script)`, tried in order.
+        rules: Vec<(String, Script)>,
+        /// The script when no rule matches.
+        otherwise: Box<Script>,
     },
 }
 
@@ -69,6 +79,35 @@ impl Script {
         Self::Fail {
             status,
             message: message.to_owned(),
+        }
+    }
+
+    /// `text` as the whole answer, at once.
+    pub fn says(text: &str) -> Self {
+        Self::chunks(&[text], Duration::ZERO)
+    }
+
+    /// Answers each request with the script of the first rule whose text its user message
+    /// contains, else with `otherwise`.
+    pub fn by_prompt(rules: &[(&str, Script)], otherwise: Script) -> Self {
+        Self::ByPrompt {
+            rules: rules
+                .iter()
+                .map(|(needle, script)| ((*needle).to_owned(), script.clone()))
+                .collect(),
+            otherwise: Box::new(otherwise),
+        }
+    }
+
+    /// The script that answers a request whose user message is `user`.
+    fn for_prompt(self, user: &str) -> Self {
+        match self {
+            Self::ByPrompt { rules, otherwise } => rules
+                .into_iter()
+                .find(|(needle, _)| user.contains(needle.as_str()))
+                .map_or(*otherwise, |(_, script)| script)
+                .for_prompt(user),
+            other => other,
         }
     }
 }
@@ -142,17 +181,7 @@ impl FakeLlm {
 
     /// The user message (`messages[role=user].content`) of every request so far.
     pub fn user_prompts(&self) -> Vec<String> {
-        self.requests()
-            .iter()
-            .filter_map(|r| {
-                r["messages"]
-                    .as_array()?
-                    .iter()
-                    .find(|m| m["role"] == "user")?["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect()
+        self.requests().iter().filter_map(user_message).collect()
     }
 
     /// When each delta chunk was handed to the connection, with its text.
@@ -176,13 +205,19 @@ async fn completions(State(shared): State<Shared>, body: Bytes) -> Response {
     let request: serde_json::Value =
         serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let streaming = request["stream"] == serde_json::json!(true);
+    let user = user_message(&request).unwrap_or_default();
     shared
         .recorded
         .lock()
         .expect("record lock")
         .requests
         .push(request);
-    let script = shared.script.lock().expect("script lock").clone();
+    let script = shared
+        .script
+        .lock()
+        .expect("script lock")
+        .clone()
+        .for_prompt(&user);
     if !streaming {
         return (
             StatusCode::BAD_REQUEST,
@@ -196,6 +231,7 @@ async fn completions(State(shared): State<Shared>, body: Bytes) -> Response {
             let body = serde_json::json!({"error": {"message": message, "type": "fake_error", "code": null}});
             (status, axum::Json(body)).into_response()
         }
+        Script::ByPrompt { .. } => unreachable!("for_prompt resolves every ByPrompt"),
         Script::Stream { chunks, end } => {
             let recorded = shared.recorded.clone();
             let role = futures::stream::once(async {
@@ -241,6 +277,16 @@ async fn completions(State(shared): State<Shared>, body: Bytes) -> Response {
             ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
         }
     }
+}
+
+/// The request's user message (`messages[role=user].content`).
+fn user_message(request: &serde_json::Value) -> Option<String> {
+    request["messages"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == "user")?["content"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn chunk_event(delta: serde_json::Value, finish_reason: Option<&str>) -> String {

@@ -12,6 +12,7 @@ mod consumer;
 mod consumer_lambda;
 mod consumer_queue;
 mod db_tls;
+mod dedup_judge;
 mod dedup_pairs;
 mod deploy;
 mod elaborate;

@@ -5,12 +5,14 @@ use std::time::{Duration, Instant};
 
 use shared::aws::AwsConfig;
 use shared::config::{
-    ConfigError, DbConfig, DedupConfig, EmbedConfig, Env, ExtractorConfig, ExtractorKind, LlmConfig,
+    ConfigError, DbConfig, DedupConfig, EmbedConfig, Env, ExtractorConfig, ExtractorKind,
+    JudgeConfig, LlmConfig,
 };
 use shared::db::{Db, DbError};
 use shared::embed::{EmbedError, Embedder};
 use shared::llm::LlmError;
 use shared::memory::dedup::DedupPolicy;
+use shared::memory::judge::Judge;
 use shared::memory::llm_extract::LlmExtractor;
 use shared::memory::service::MemoryService;
 use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
@@ -34,7 +36,7 @@ pub enum InitError {
     /// The model files or ONNX Runtime could not be loaded.
     #[error(transparent)]
     Embed(#[from] EmbedError),
-    /// The LLM provider of `NOTE_EXTRACTOR=llm` could not be set up.
+    /// An LLM provider (`NOTE_EXTRACTOR=llm`, `DEDUP_JUDGE=llm`) could not be set up.
     #[error(transparent)]
     Llm(#[from] LlmError),
 }
@@ -87,6 +89,7 @@ impl Consumer {
             }
             .into());
         }
+        let judge = JudgeConfig::from_env(env)?;
         let config = started.elapsed();
 
         let t = Instant::now();
@@ -98,12 +101,17 @@ impl Consumer {
         let embedder_time = t.elapsed();
 
         let concurrency = db.pool().status().max_size;
-        let service = MemoryService::postgres_with_variants(
+        let mut service = MemoryService::postgres_with_variants(
             db.clone(),
             embedder,
             DedupPolicy::from(&dedup),
             dedup.variants_max,
         );
+        // DEDUP_JUDGE=llm: the provider is built only then.
+        if let Some(judge) = &judge {
+            let judge = Judge::from_config(judge, &AwsConfig::new()).await?;
+            service = service.with_judge(judge, DedupPolicy::from(&dedup));
+        }
         let mut consumer = Self::new(service, db, concurrency).with_metrics(metrics);
         if let Some(llm) = &llm {
             let provider = shared::llm::from_config(llm, &AwsConfig::new()).await?;
@@ -125,6 +133,7 @@ impl Consumer {
             concurrency = consumer.concurrency,
             dedup_threshold = dedup.threshold,
             note_extractor = ?extractor.kind,
+            dedup_judge = if judge.is_some() { "llm" } else { "rules" },
             "memory-consumer initialised"
         );
         Ok(consumer)

@@ -270,6 +270,8 @@ async fn process_record(
             notes_reinforced = o.notes_reinforced,
             duplicates = o.duplicates,
             embed_ms = ms(o.embed_time),
+            judge_calls = o.judge_calls,
+            judge_ms = ms(o.judge_time),
             db_ms = ms(o.db_time),
             "record applied"
         ),

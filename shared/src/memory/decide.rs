@@ -1,11 +1,11 @@
 //! The duplicate decision for one record, with what the model must measure for it: the span
-//! guard's embeddings (and, with `DEDUP_JUDGE=llm`, the judge's verdicts) are gathered first,
-//! then the pure [`plan`] decides. The store calls this between loading the user's notes and
-//! writing; it runs no SQL itself.
+//! guard's embeddings are gathered first (with `DEDUP_JUDGE=llm`, the judge's verdicts were
+//! gathered before the transaction and come with the record), then the pure [`plan`] decides.
+//! The store calls this between loading the user's notes and writing; it runs no SQL itself.
 
 use std::sync::Arc;
 
-use crate::memory::dedup::{DedupPolicy, Evidence, Spans};
+use crate::memory::dedup::{DedupPolicy, Evidence, Spans, Verdicts};
 use crate::memory::plan::{plan, span_requests, Action, Candidate, KnownNote};
 use crate::memory::service::TextEmbedder;
 use crate::memory::MemoryError;
@@ -36,14 +36,16 @@ impl Decider {
         &self.policy
     }
 
-    /// The actions for `candidates` against `known` (see [`plan`]).
+    /// The actions for `candidates` against `known` (see [`plan`]), with the judge's `verdicts`
+    /// when the judge is on (the pairs in its band are then the judge's, not the span guard's).
     pub async fn actions(
         &self,
         known: &[KnownNote],
         candidates: &[Candidate],
+        verdicts: Option<&Verdicts>,
     ) -> Result<Vec<Action>, MemoryError> {
-        let requests = span_requests(&self.policy, known, candidates);
-        let mut evidence = Evidence::default();
+        let mut evidence = verdicts.cloned().map(Evidence::judged).unwrap_or_default();
+        let requests = span_requests(&self.policy, known, candidates, evidence.judge_band());
         if !requests.is_empty() {
             let spans: Vec<&Spans> = requests.iter().map(|r| &r.spans).collect();
             let cosines = span_cosines(self.embedder.as_ref(), &spans).await?;

@@ -17,6 +17,10 @@
 //!      transliterated: `sabr` = patience, `shukr` = gratitude, `tawakkul` = trust, ...) and the
 //!      sets differ (`sabr is half of faith` vs `shukr is half of faith`).
 //!
+//! With `DEDUP_JUDGE=llm`, a pair whose cosine is in the judge's band and that no exact match or
+//! text guard decides is decided by the judge's [`Verdict`] instead (no usable verdict: kept
+//! apart); see [`judge`](super::judge).
+//!
 //! Embeddings are L2-normalised, so the cosine is a dot product.
 
 use std::collections::{BTreeSet, HashMap};
@@ -57,6 +61,15 @@ pub enum Reason {
     DifferentContent,
     /// Similar, but the differing parts were not measured (conservative: kept apart).
     Unmeasured,
+    /// In the judge's band, and the judge answered `same`.
+    JudgedSame,
+    /// In the judge's band, and the judge answered `different`.
+    JudgedDifferent,
+    /// In the judge's band, and the judge gave no usable answer (conservative: kept apart).
+    JudgeFailed,
+    /// In the judge's band, but the judge was not asked (budget spent, or a note stored after
+    /// the judge ran): conservatively kept apart.
+    Unjudged,
 }
 
 impl Reason {
@@ -76,6 +89,10 @@ impl Reason {
             Self::KindDiffers => "kind_differs",
             Self::DifferentContent => "different_content",
             Self::Unmeasured => "unmeasured",
+            Self::JudgedSame => "judged_same",
+            Self::JudgedDifferent => "judged_different",
+            Self::JudgeFailed => "judge_failed",
+            Self::Unjudged => "unjudged",
         }
     }
 }
@@ -414,14 +431,29 @@ pub struct Spans {
 }
 
 /// The model's measurements the guards need beyond the two notes' own embeddings: the cosine of
-/// each pair's differing spans, keyed by the two notes' content hashes. Computed before
-/// [`plan`](super::plan::plan) runs, so the decision itself stays pure.
+/// each pair's differing spans, keyed by the two notes' content hashes, and, with the judge on,
+/// its [`Verdicts`]. Computed before [`plan`](super::plan::plan) runs, so the decision itself
+/// stays pure.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Evidence {
     span_cosines: HashMap<(String, String), f32>,
+    verdicts: Option<Verdicts>,
 }
 
 impl Evidence {
+    /// Evidence where the judge decides the pairs in its band (see [`Verdicts`]).
+    pub fn judged(verdicts: Verdicts) -> Self {
+        Self {
+            span_cosines: HashMap::new(),
+            verdicts: Some(verdicts),
+        }
+    }
+
+    /// The judge's band, when the judge is on.
+    pub fn judge_band(&self) -> Option<JudgeBand> {
+        self.verdicts.as_ref().map(|v| v.band)
+    }
+
     /// Records the span cosine of (existing, candidate), by content hash.
     pub fn insert_span_cosine(&mut self, existing_hash: &str, candidate_hash: &str, cosine: f32) {
         self.span_cosines.insert(
@@ -448,12 +480,101 @@ impl Evidence {
     }
 }
 
+/// The cosine band in which the LLM judge decides instead of the threshold and the span guard:
+/// `low <= cosine < high` (`DEDUP_JUDGE_BAND`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JudgeBand {
+    /// Lowest cosine judged.
+    pub low: f32,
+    /// Cosine from which the rules decide again.
+    pub high: f32,
+}
+
+impl JudgeBand {
+    /// Whether the judge decides a pair of this cosine.
+    pub fn contains(&self, cosine: f32) -> bool {
+        self.low <= cosine && cosine < self.high
+    }
+}
+
+/// What the judge answered for one pair (see [`crate::memory::judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The two notes say the same thing.
+    Same,
+    /// They say different things.
+    Different,
+    /// No usable answer: an error, the timeout, or anything but `same` / `different`.
+    Failed,
+}
+
+/// The judge's answers for one record, keyed by the two notes' content hashes, with the band
+/// they were asked in. A pair in the band without a verdict is kept apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdicts {
+    band: JudgeBand,
+    by_pair: HashMap<(String, String), Verdict>,
+}
+
+impl Verdicts {
+    /// No verdicts yet, for pairs in `band`.
+    pub fn new(band: JudgeBand) -> Self {
+        Self {
+            band,
+            by_pair: HashMap::new(),
+        }
+    }
+
+    /// The band the judge decides.
+    pub fn band(&self) -> JudgeBand {
+        self.band
+    }
+
+    /// Records the verdict on (existing, candidate), by content hash.
+    pub fn insert(&mut self, existing_hash: &str, candidate_hash: &str, verdict: Verdict) {
+        self.by_pair.insert(
+            (existing_hash.to_owned(), candidate_hash.to_owned()),
+            verdict,
+        );
+    }
+
+    /// The verdict on (existing, candidate), if the judge was asked.
+    pub fn get(&self, existing_hash: &str, candidate_hash: &str) -> Option<Verdict> {
+        self.by_pair
+            .get(&(existing_hash.to_owned(), candidate_hash.to_owned()))
+            .copied()
+    }
+
+    /// How many of each verdict: (same, different, failed).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |v| self.by_pair.values().filter(|x| **x == v).count();
+        (
+            count(Verdict::Same),
+            count(Verdict::Different),
+            count(Verdict::Failed),
+        )
+    }
+
+    /// How many pairs the judge was asked about.
+    pub fn len(&self) -> usize {
+        self.by_pair.len()
+    }
+
+    /// Whether the judge was asked nothing.
+    pub fn is_empty(&self) -> bool {
+        self.by_pair.is_empty()
+    }
+}
+
 /// Where a pair stands before the model-based span guard.
 enum Stage {
     /// Decided already.
     Decided(Decision),
     /// Similar and no text guard fired; the spans (if both notes have differing words) decide.
     NeedsSpans(f32, Option<Spans>),
+    /// In the judge's band and no text guard fired: the judge's verdict decides.
+    NeedsVerdict(f32),
 }
 
 impl DedupPolicy {
@@ -465,8 +586,14 @@ impl DedupPolicy {
         }
     }
 
-    /// Everything but the span guard.
-    fn stage(&self, existing: NoteRef<'_>, candidate: NoteRef<'_>) -> Stage {
+    /// Everything but the span guard and the judge. With a judge `band`, a pair in it that no
+    /// exact match or text guard decides waits for the judge (below the threshold too).
+    fn stage(
+        &self,
+        existing: NoteRef<'_>,
+        candidate: NoteRef<'_>,
+        band: Option<JudgeBand>,
+    ) -> Stage {
         let cosine = existing.embedding.cosine(candidate.embedding);
         let decided = |duplicate, reason| {
             Stage::Decided(Decision {
@@ -479,35 +606,76 @@ impl DedupPolicy {
         if existing.content_hash == candidate.content_hash {
             return decided(true, Reason::ExactMatch);
         }
-        if cosine < self.threshold {
+        let judged = band.is_some_and(|b| b.contains(cosine));
+        if !judged && cosine < self.threshold {
             return decided(false, Reason::BelowThreshold);
         }
         let (a, b) = (Words::of(existing.text), Words::of(candidate.text));
         match guard(&a, &b) {
             Some(reason) => decided(false, reason),
+            None if judged => Stage::NeedsVerdict(cosine),
             None => Stage::NeedsSpans(cosine, differing_spans(&a, &b)),
         }
     }
 
     /// The spans the model must compare before `candidate` can be judged a duplicate of
-    /// `existing`, or `None` when the decision does not need them.
-    pub fn spans_needed(&self, existing: NoteRef<'_>, candidate: NoteRef<'_>) -> Option<Spans> {
-        match self.stage(existing, candidate) {
+    /// `existing`, or `None` when the decision does not need them (with a judge `band`, the pairs
+    /// in it need the judge instead).
+    pub fn spans_needed(
+        &self,
+        existing: NoteRef<'_>,
+        candidate: NoteRef<'_>,
+        band: Option<JudgeBand>,
+    ) -> Option<Spans> {
+        match self.stage(existing, candidate, band) {
             Stage::NeedsSpans(_, spans) => spans,
-            Stage::Decided(_) => None,
+            Stage::Decided(_) | Stage::NeedsVerdict(_) => None,
+        }
+    }
+
+    /// Whether the decision on this pair is the judge's: its cosine is in `band` and neither an
+    /// exact match nor a text guard decides it. Returns the cosine then.
+    pub fn verdict_needed(
+        &self,
+        existing: NoteRef<'_>,
+        candidate: NoteRef<'_>,
+        band: JudgeBand,
+    ) -> Option<f32> {
+        match self.stage(existing, candidate, Some(band)) {
+            Stage::NeedsVerdict(cosine) => Some(cosine),
+            Stage::Decided(_) | Stage::NeedsSpans(..) => None,
         }
     }
 
     /// Whether `candidate` duplicates `existing`, given the measured `evidence` (a pair whose
-    /// spans were not measured is conservatively kept apart).
+    /// spans were not measured, or, in the judge's band, without a usable verdict, is
+    /// conservatively kept apart).
     pub fn decide(
         &self,
         existing: NoteRef<'_>,
         candidate: NoteRef<'_>,
         evidence: &Evidence,
     ) -> Decision {
-        match self.stage(existing, candidate) {
+        match self.stage(existing, candidate, evidence.judge_band()) {
             Stage::Decided(d) => d,
+            Stage::NeedsVerdict(cosine) => {
+                let verdict = evidence
+                    .verdicts
+                    .as_ref()
+                    .and_then(|v| v.get(existing.content_hash, candidate.content_hash));
+                let (duplicate, reason) = match verdict {
+                    Some(Verdict::Same) => (true, Reason::JudgedSame),
+                    Some(Verdict::Different) => (false, Reason::JudgedDifferent),
+                    Some(Verdict::Failed) => (false, Reason::JudgeFailed),
+                    None => (false, Reason::Unjudged),
+                };
+                Decision {
+                    cosine,
+                    duplicate,
+                    reason,
+                    span_cosine: None,
+                }
+            }
             Stage::NeedsSpans(cosine, None) => Decision {
                 cosine,
                 duplicate: true,

@@ -6,6 +6,7 @@ pub mod dedup;
 pub mod error;
 pub mod eval;
 pub mod extract;
+pub mod judge;
 pub mod llm_extract;
 pub mod normalize;
 pub mod plan;

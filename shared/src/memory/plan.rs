@@ -5,14 +5,15 @@
 //! Each candidate is decided with [`DedupPolicy::best_match`] against the user's notes and
 //! against the record's earlier candidates that are inserted, in that order. What the model must
 //! measure beyond the notes' embeddings (the differing spans of similar pairs) is listed first by
-//! [`span_requests`], measured by the caller, and passed in as [`Evidence`]. Two rules hold for
-//! one event:
+//! [`span_requests`], measured by the caller, and passed in as [`Evidence`]; so are the judge's
+//! verdicts on the pairs [`judge_requests`] lists, when the judge is on. Two rules hold for one
+//! event:
 //! - a candidate repeating an earlier candidate of the same event is a duplicate but reinforces
 //!   nothing (the note it repeats is new: it was not "seen again");
 //! - a note is reinforced at most once per event, however many candidates match it, so
 //!   `times_seen` counts events, not sentences.
 
-use crate::memory::dedup::{Decision, DedupPolicy, Evidence, NoteRef, Spans};
+use crate::memory::dedup::{Decision, DedupPolicy, Evidence, JudgeBand, NoteRef, Spans};
 use crate::types::{Embedding, NoteId};
 
 /// A candidate note, ready to be stored.
@@ -95,13 +96,103 @@ pub struct SpanRequest {
 
 /// Every pair [`plan`] may compare whose decision needs the span guard: each candidate against
 /// each known note and each earlier candidate. Only pairs above the threshold with no text guard
-/// firing are listed, so this is usually empty or short; a pair is listed once.
+/// firing (and, with a judge `band`, outside it) are listed, so this is usually empty or short;
+/// a pair is listed once.
 pub fn span_requests(
     policy: &DedupPolicy,
     known: &[KnownNote],
     candidates: &[Candidate],
+    band: Option<JudgeBand>,
 ) -> Vec<SpanRequest> {
     let mut requests: Vec<SpanRequest> = Vec::new();
+    for_each_pair(known, candidates, |_, other, this| {
+        if let Some(spans) = policy.spans_needed(other, this, band) {
+            let seen = requests.iter().any(|r| {
+                r.existing_hash == other.content_hash && r.candidate_hash == this.content_hash
+            });
+            if !seen {
+                requests.push(SpanRequest {
+                    existing_hash: other.content_hash.to_owned(),
+                    candidate_hash: this.content_hash.to_owned(),
+                    spans,
+                });
+            }
+        }
+    });
+    requests
+}
+
+/// One pair [`plan`] may compare whose decision is the judge's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeRequest {
+    /// The note compared with (stored note or earlier candidate), as stored.
+    pub existing: String,
+    /// Its content hash.
+    pub existing_hash: String,
+    /// The candidate.
+    pub candidate: String,
+    /// Its content hash.
+    pub candidate_hash: String,
+    /// The pair's cosine.
+    pub cosine: f32,
+}
+
+/// Every pair [`plan`] may compare whose decision is the judge's (in `band`, no exact match or
+/// text guard deciding it), each listed once, in the order they should be asked when the budget
+/// is short: every candidate's most similar pair first, then every candidate's second, and so
+/// on. A candidate equal to a known note or an earlier candidate (after normalisation) needs no
+/// judge: the exact match wins.
+pub fn judge_requests(
+    policy: &DedupPolicy,
+    band: JudgeBand,
+    known: &[KnownNote],
+    candidates: &[Candidate],
+) -> Vec<JudgeRequest> {
+    let mut per_candidate: Vec<Vec<JudgeRequest>> = vec![Vec::new(); candidates.len()];
+    let mut exact = vec![false; candidates.len()];
+    for_each_pair(known, candidates, |index, other, this| {
+        if other.content_hash == this.content_hash {
+            exact[index] = true;
+        }
+        let Some(cosine) = policy.verdict_needed(other, this, band) else {
+            return;
+        };
+        let listed = per_candidate.iter().flatten().any(|r| {
+            r.existing_hash == other.content_hash && r.candidate_hash == this.content_hash
+        });
+        if !listed {
+            per_candidate[index].push(JudgeRequest {
+                existing: other.text.to_owned(),
+                existing_hash: other.content_hash.to_owned(),
+                candidate: this.text.to_owned(),
+                candidate_hash: this.content_hash.to_owned(),
+                cosine,
+            });
+        }
+    });
+    for (requests, exact) in per_candidate.iter_mut().zip(&exact) {
+        if *exact {
+            requests.clear();
+        }
+        requests.sort_by(|a, b| b.cosine.total_cmp(&a.cosine));
+    }
+    let rounds = per_candidate.iter().map(Vec::len).max().unwrap_or(0);
+    (0..rounds)
+        .flat_map(|rank| {
+            per_candidate
+                .iter()
+                .filter_map(move |requests| requests.get(rank).cloned())
+        })
+        .collect()
+}
+
+/// Calls `f(candidate index, other, candidate)` for each candidate against each known note,
+/// then against each earlier candidate: every pair [`plan`] may compare.
+fn for_each_pair<'a>(
+    known: &'a [KnownNote],
+    candidates: &'a [Candidate],
+    mut f: impl FnMut(usize, NoteRef<'a>, NoteRef<'a>),
+) {
     for (index, candidate) in candidates.iter().enumerate() {
         let this = candidate.as_ref();
         let others = known
@@ -109,21 +200,9 @@ pub fn span_requests(
             .map(KnownNote::as_ref)
             .chain(candidates[..index].iter().map(Candidate::as_ref));
         for other in others {
-            if let Some(spans) = policy.spans_needed(other, this) {
-                let seen = requests.iter().any(|r| {
-                    r.existing_hash == other.content_hash && r.candidate_hash == this.content_hash
-                });
-                if !seen {
-                    requests.push(SpanRequest {
-                        existing_hash: other.content_hash.to_owned(),
-                        candidate_hash: this.content_hash.to_owned(),
-                        spans,
-                    });
-                }
-            }
+            f(index, other, this);
         }
     }
-    requests
 }
 
 impl Candidate {
@@ -217,7 +296,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::dedup::Reason;
+    use crate::memory::dedup::{Reason, Verdict, Verdicts};
     use crate::memory::normalize::content_hash;
     use crate::types::EMBEDDING_DIM;
 
@@ -264,7 +343,7 @@ mod tests {
     fn run_with_spans(known: &[KnownNote], candidates: &[Candidate], span: f32) -> Vec<Action> {
         let policy = DedupPolicy::with_threshold(THRESHOLD);
         let mut evidence = Evidence::default();
-        for r in span_requests(&policy, known, candidates) {
+        for r in span_requests(&policy, known, candidates, None) {
             evidence.insert_span_cosine(&r.existing_hash, &r.candidate_hash, span);
         }
         plan(&policy, known, candidates, &evidence)
@@ -323,7 +402,7 @@ mod tests {
         let notes = [known(7, "Trust builds friendship.", axis(0)?)];
         let cands = [candidate("Trust grows friendship.", tilted(0.95, 1)?)];
         let policy = DedupPolicy::with_threshold(THRESHOLD);
-        assert_eq!(span_requests(&policy, &notes, &cands).len(), 1);
+        assert_eq!(span_requests(&policy, &notes, &cands, None).len(), 1);
         assert_eq!(
             plan(&policy, &notes, &cands, &Evidence::default()),
             [Action::Insert]
@@ -339,7 +418,7 @@ mod tests {
         ];
         let cands = [candidate("patience is the KEY to relief", axis(2)?)];
         let policy = DedupPolicy::with_threshold(THRESHOLD);
-        assert!(span_requests(&policy, &notes, &cands).is_empty());
+        assert!(span_requests(&policy, &notes, &cands, None).is_empty());
         Ok(())
     }
 
@@ -497,6 +576,159 @@ mod tests {
                 }
             ),
             "{actions:?}"
+        );
+        Ok(())
+    }
+
+    const BAND: JudgeBand = JudgeBand {
+        low: 0.5,
+        high: 0.95,
+    };
+
+    /// A unit vector with the given components, the rest of its length on axis `rest`.
+    fn mix(parts: &[(usize, f32)], rest: usize) -> Result<Embedding, Box<dyn std::error::Error>> {
+        let mut v = vec![0.0; EMBEDDING_DIM];
+        for (i, x) in parts {
+            v[*i] = *x;
+        }
+        let used: f32 = parts.iter().map(|(_, x)| x * x).sum();
+        v[rest] = (1.0 - used).max(0.0).sqrt();
+        Ok(Embedding::normalized(v)?)
+    }
+
+    /// Plans with the judge on: `verdict` for every pair it is asked about (`None`: not asked).
+    fn run_judged(
+        known: &[KnownNote],
+        candidates: &[Candidate],
+        verdict: Option<Verdict>,
+    ) -> (Vec<Action>, Vec<Decision>) {
+        let policy = DedupPolicy::with_threshold(THRESHOLD);
+        let mut verdicts = Verdicts::new(BAND);
+        if let Some(v) = verdict {
+            for r in judge_requests(&policy, BAND, known, candidates) {
+                verdicts.insert(&r.existing_hash, &r.candidate_hash, v);
+            }
+        }
+        let mut evidence = Evidence::judged(verdicts);
+        for r in span_requests(&policy, known, candidates, Some(BAND)) {
+            evidence.insert_span_cosine(&r.existing_hash, &r.candidate_hash, 1.0);
+        }
+        let decisions = known
+            .iter()
+            .flat_map(|k| {
+                candidates
+                    .iter()
+                    .map(|c| policy.decide(k.as_ref(), c.as_ref(), &evidence))
+            })
+            .collect();
+        (plan(&policy, known, candidates, &evidence), decisions)
+    }
+
+    #[test]
+    fn in_the_band_the_verdict_decides_and_no_usable_verdict_keeps_the_candidate_apart(
+    ) -> TestResult {
+        let notes = [known(7, "Patience is the key to relief.", axis(0)?)];
+        // Below the threshold (0.9): the rules alone keep it apart.
+        let cands = [candidate("Patience unlocks relief.", tilted(0.8, 1)?)];
+        assert_eq!(run(&notes, &cands), [Action::Insert]);
+        for (verdict, action, reason) in [
+            (
+                Some(Verdict::Same),
+                Action::Reinforce {
+                    note: NoteId(7),
+                    decision: Decision {
+                        cosine: 0.0,
+                        duplicate: true,
+                        reason: Reason::JudgedSame,
+                        span_cosine: None,
+                    },
+                },
+                Reason::JudgedSame,
+            ),
+            (
+                Some(Verdict::Different),
+                Action::Insert,
+                Reason::JudgedDifferent,
+            ),
+            (Some(Verdict::Failed), Action::Insert, Reason::JudgeFailed),
+            (None, Action::Insert, Reason::Unjudged),
+        ] {
+            let (actions, decisions) = run_judged(&notes, &cands, verdict);
+            assert_eq!(decisions[0].reason, reason, "{verdict:?}");
+            match (actions.as_slice(), action) {
+                ([Action::Reinforce { note, decision }], Action::Reinforce { note: n, .. }) => {
+                    assert_eq!((*note, decision.reason), (n, reason));
+                }
+                (got, want) => assert_eq!(got, [want], "{verdict:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_different_verdict_keeps_apart_a_pair_the_rules_merge() -> TestResult {
+        let notes = [known(7, "Patience is the key to relief.", axis(0)?)];
+        let cands = [candidate("Patience unlocks relief.", tilted(0.93, 1)?)];
+        assert!(matches!(
+            run(&notes, &cands).as_slice(),
+            [Action::Reinforce { .. }]
+        ));
+        let (actions, _) = run_judged(&notes, &cands, Some(Verdict::Different));
+        assert_eq!(actions, [Action::Insert]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_judge_is_not_asked_about_guarded_exact_or_out_of_band_pairs() -> TestResult {
+        let policy = DedupPolicy::with_threshold(THRESHOLD);
+        let notes = [known(7, "Trust builds friendship.", axis(0)?)];
+        for (text, embedding) in [
+            ("Trust does not build friendship.", tilted(0.8, 1)?), // negation guard
+            ("Trust builds friendship!", tilted(0.8, 1)?),         // exact after normalising
+            ("Charity purifies wealth.", tilted(0.3, 1)?),         // below the band
+            ("Trust grows friendship.", tilted(0.97, 1)?),         // above it: the rules
+        ] {
+            let cands = [candidate(text, embedding)];
+            assert!(
+                judge_requests(&policy, BAND, &notes, &cands).is_empty(),
+                "{text}"
+            );
+        }
+        // Above the band the span guard still applies, in the band it does not.
+        let above = [candidate("Trust grows friendship.", tilted(0.97, 1)?)];
+        assert_eq!(span_requests(&policy, &notes, &above, Some(BAND)).len(), 1);
+        let inside = [candidate("Trust grows friendship.", tilted(0.93, 1)?)];
+        assert!(span_requests(&policy, &notes, &inside, Some(BAND)).is_empty());
+        assert_eq!(judge_requests(&policy, BAND, &notes, &inside).len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_short_budget_goes_to_every_candidates_closest_pair_first() -> TestResult {
+        let policy = DedupPolicy::with_threshold(THRESHOLD);
+        let notes = [
+            known(1, "Patience is the key to relief.", axis(0)?),
+            known(2, "Patience brings relief.", axis(1)?),
+            known(3, "Charity cleans wealth.", axis(2)?),
+            known(4, "Charity blesses wealth.", axis(3)?),
+        ];
+        let cands = [
+            candidate("Patience unlocks relief.", mix(&[(0, 0.8), (1, 0.55)], 5)?),
+            candidate("Charity purifies wealth.", mix(&[(2, 0.6), (3, 0.75)], 6)?),
+        ];
+        let order: Vec<(String, String)> = judge_requests(&policy, BAND, &notes, &cands)
+            .into_iter()
+            .map(|r| (r.existing, r.candidate))
+            .collect();
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            order,
+            [
+                pair("Patience is the key to relief.", "Patience unlocks relief."),
+                pair("Charity blesses wealth.", "Charity purifies wealth."),
+                pair("Patience brings relief.", "Patience unlocks relief."),
+                pair("Charity cleans wealth.", "Charity purifies wealth."),
+            ]
         );
         Ok(())
     }

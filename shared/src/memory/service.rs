@@ -5,17 +5,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::StreamExt;
 
 use crate::config::DedupConfig;
 use crate::db::Db;
 use crate::embed::Embedder;
 use crate::events::ElaborationCompleted;
 use crate::memory::decide::{span_cosines, Decider};
-use crate::memory::dedup::{embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans};
+use crate::memory::dedup::{
+    embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans, Verdict, Verdicts,
+};
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
+use crate::memory::judge::Judge;
 use crate::memory::llm_extract::LlmExtractor;
 use crate::memory::normalize::content_hash;
-use crate::memory::plan::Candidate;
+use crate::memory::plan::{judge_requests, Candidate};
 use crate::memory::store::{MemoryStore, PgMemoryStore, PreparedRecord};
 use crate::memory::MemoryError;
 use crate::types::{Embedding, EventId, UserId};
@@ -74,11 +78,16 @@ pub struct ApplyOutcome {
     pub variants_added: u32,
     /// Time spent embedding the candidates.
     pub embed_time: Duration,
+    /// Pairs the judge was asked about (0 with `DEDUP_JUDGE=rules`).
+    pub judge_calls: usize,
+    /// Time spent reading the user's notes for the judge and waiting for it.
+    pub judge_time: Duration,
     /// Time spent in the database (connection, transaction, commit).
     pub db_time: Duration,
 }
 
-/// Extract → embed (one batch) → store (one transaction). Build it once at init and share it.
+/// Extract → embed (one batch) → (judge) → store (one transaction). Build it once at init and
+/// share it.
 #[derive(Clone)]
 pub struct MemoryService {
     extractor: Arc<dyn NoteExtractor>,
@@ -86,6 +95,13 @@ pub struct MemoryService {
     llm: Option<LlmExtractor>,
     embedder: Arc<dyn TextEmbedder>,
     store: Arc<dyn MemoryStore>,
+    judge: Option<Arc<JudgeStep>>,
+}
+
+/// The judge step (`DEDUP_JUDGE=llm`): see [`MemoryService::with_judge`].
+struct JudgeStep {
+    judge: Judge,
+    policy: DedupPolicy,
 }
 
 impl std::fmt::Debug for MemoryService {
@@ -106,6 +122,7 @@ impl MemoryService {
             llm: None,
             embedder,
             store,
+            judge: None,
         }
     }
 
@@ -127,6 +144,24 @@ impl MemoryService {
                 (self.extractor.extract(event), Extraction::LlmFallback)
             }
         }
+    }
+
+    /// Asks `judge` about the pairs that `policy` (the store's) leaves to it, before each
+    /// record's transaction.
+    ///
+    /// Why there: the transaction holds the user's advisory lock and a pooled connection, and
+    /// must never wait on an LLM (seconds, or the timeout). But which pairs are ambiguous depends
+    /// on the user's notes, which only the transaction reads consistently. So each record's
+    /// notes are read once before it, read-only ([`MemoryStore::known_notes`]), the ambiguous
+    /// pairs found with the same policy ([`judge_requests`]), the judge asked, and the verdicts
+    /// handed to the transaction keyed by the two notes' content hashes: the pure plan inside it
+    /// uses a verdict only if the pair is still there. A note stored in between (by a concurrent
+    /// record of the same user) simply has no verdict, and a pair in the band without one is kept
+    /// apart, the conservative outcome. The price is one extra read of the user's notes per
+    /// record, only with the judge on.
+    pub fn with_judge(mut self, judge: Judge, policy: DedupPolicy) -> Self {
+        self.judge = Some(Arc::new(JudgeStep { judge, policy }));
+        self
     }
 
     /// The production wiring: the default extractor, the real embedder, PostgreSQL (with the
@@ -168,19 +203,29 @@ impl MemoryService {
             });
         }
 
+        let candidates: Vec<Candidate> = notes
+            .into_iter()
+            .zip(embeddings)
+            .map(|(text, embedding)| Candidate {
+                content_hash: content_hash(&text),
+                text,
+                embedding,
+            })
+            .collect();
+        let started = Instant::now();
+        let verdicts = match &self.judge {
+            Some(step) if !candidates.is_empty() => {
+                Some(self.judged(step, &event.user_id, &candidates).await?)
+            }
+            _ => None,
+        };
+        let judge_time = started.elapsed();
         let record = PreparedRecord {
             event_id: event.event_id,
             user_id: event.user_id.clone(),
             created_at: event.created_at,
-            candidates: notes
-                .into_iter()
-                .zip(embeddings)
-                .map(|(text, embedding)| Candidate {
-                    content_hash: content_hash(&text),
-                    text,
-                    embedding,
-                })
-                .collect(),
+            candidates,
+            verdicts,
         };
         let started = Instant::now();
         let stored = self.store.apply(&record).await?;
@@ -199,30 +244,60 @@ impl MemoryService {
             duplicates_by_reason: stored.duplicates_by_reason,
             variants_added: stored.variants_added,
             embed_time,
+            judge_calls: record.verdicts.as_ref().map_or(0, Verdicts::len),
+            judge_time,
             db_time,
         })
     }
+
+    /// The judge's verdicts on the record's ambiguous pairs, against the user's notes as read
+    /// now (see [`JudgeStep`]).
+    async fn judged(
+        &self,
+        step: &JudgeStep,
+        user: &UserId,
+        candidates: &[Candidate],
+    ) -> Result<Verdicts, MemoryError> {
+        let known = self.store.known_notes(user).await?;
+        let requests = judge_requests(&step.policy, step.judge.band(), &known, candidates);
+        let verdicts = step.judge.verdicts(&requests).await;
+        if !requests.is_empty() {
+            let (same, different, failed) = verdicts.counts();
+            tracing::info!(
+                ambiguous = requests.len(),
+                asked = verdicts.len(),
+                same,
+                different,
+                failed,
+                unjudged = requests.len() - verdicts.len(),
+                "dedup judge"
+            );
+        }
+        Ok(verdicts)
+    }
 }
 
-/// Decides whether `candidate` duplicates `existing` exactly as the consumer does (same
-/// embedding text, same hashes, same policy): for `hikmah dedup` and threshold tuning.
-pub async fn decide_texts(
-    embedder: &dyn TextEmbedder,
-    policy: &DedupPolicy,
-    existing: &str,
-    candidate: &str,
-) -> Result<Decision, MemoryError> {
-    let mut decisions = decide_pairs(embedder, policy, &[(existing, candidate)]).await?;
-    decisions.pop().ok_or(MemoryError::EmbedCount {
-        expected: 2,
-        got: 0,
-    })
-}
-
-/// [`decide_texts`] for many `(existing, candidate)` pairs, embedding every text in one call.
+/// Decides whether each `(existing, candidate)` pair is a duplicate exactly as the consumer does
+/// (same embedding text, same hashes, same policy), embedding every text in one call: for
+/// `hikmah dedup`, its evaluation and threshold tuning.
 pub async fn decide_pairs(
     embedder: &dyn TextEmbedder,
     policy: &DedupPolicy,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<Decision>, MemoryError> {
+    decide_pairs_judged(embedder, policy, None, pairs).await
+}
+
+/// Judge calls in flight at once when [`decide_pairs_judged`] measures many pairs.
+const EVAL_JUDGE_CONCURRENCY: usize = 4;
+
+/// [`decide_pairs`] with the consumer's `judge` (`DEDUP_JUDGE=llm`) deciding the pairs in its
+/// band, each pair being its own record: for `hikmah dedup --judge`, to measure what the judge
+/// adds against a real provider.
+pub async fn decide_pairs_judged(
+    embedder: &dyn TextEmbedder,
+    policy: &DedupPolicy,
+    judge: Option<&Judge>,
     pairs: &[(&str, &str)],
 ) -> Result<Vec<Decision>, MemoryError> {
     let texts: Vec<String> = pairs
@@ -256,16 +331,35 @@ pub async fn decide_pairs(
             },
         )
     };
+    let mut evidence = Evidence::default();
+    if let Some(judge) = judge {
+        let asked: Vec<usize> = (0..pairs.len())
+            .filter(|&i| {
+                let (a, b) = refs(i);
+                policy.verdict_needed(a, b, judge.band()).is_some()
+            })
+            .collect();
+        let answers: Vec<Verdict> =
+            futures::stream::iter(asked.iter().map(|&i| judge.ask(pairs[i].0, pairs[i].1)))
+                .buffered(EVAL_JUDGE_CONCURRENCY)
+                .collect()
+                .await;
+        let mut verdicts = Verdicts::new(judge.band());
+        for (&i, verdict) in asked.iter().zip(answers) {
+            verdicts.insert(&hashes[i].0, &hashes[i].1, verdict);
+        }
+        evidence = Evidence::judged(verdicts);
+    }
     // Exactly as the consumer: the spans of the pairs that need them, measured in one batch.
+    let band = evidence.judge_band();
     let needed: Vec<(usize, Spans)> = (0..pairs.len())
         .filter_map(|i| {
             let (a, b) = refs(i);
-            policy.spans_needed(a, b).map(|s| (i, s))
+            policy.spans_needed(a, b, band).map(|s| (i, s))
         })
         .collect();
     let spans: Vec<&Spans> = needed.iter().map(|(_, s)| s).collect();
     let cosines = span_cosines(embedder, &spans).await?;
-    let mut evidence = Evidence::default();
     for ((i, _), c) in needed.iter().zip(cosines) {
         evidence.insert_span_cosine(&hashes[*i].0, &hashes[*i].1, c);
     }

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use crate::config::DedupConfig;
 use crate::db::{Client, Db};
 use crate::memory::decide::Decider;
-use crate::memory::dedup::{Decision, Reason};
+use crate::memory::dedup::{Decision, Reason, Verdicts};
 use crate::memory::plan::{Action, Candidate, KnownNote, SkipReason};
 use crate::memory::MemoryError;
 use crate::types::{Embedding, EventId, NoteId, UserId};
@@ -42,6 +42,8 @@ pub struct PreparedRecord {
     pub created_at: DateTime<Utc>,
     /// The candidate notes, in extraction order.
     pub candidates: Vec<Candidate>,
+    /// With `DEDUP_JUDGE=llm`: the judge's verdicts, gathered before the transaction.
+    pub verdicts: Option<Verdicts>,
 }
 
 /// What applying one record changed.
@@ -80,6 +82,13 @@ pub trait MemoryStore: Send + Sync {
         &'a self,
         record: &'a PreparedRecord,
     ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>>;
+
+    /// The user's notes as the decision sees them, read outside any transaction (they may
+    /// change before [`apply`](Self::apply) runs): for the judge, which must not hold one open.
+    fn known_notes<'a>(
+        &'a self,
+        user: &'a UserId,
+    ) -> BoxFuture<'a, Result<Vec<KnownNote>, MemoryError>>;
 }
 
 /// The PostgreSQL store (tables `memory_notes` and `processed_events`).
@@ -129,6 +138,16 @@ impl MemoryStore for PgMemoryStore {
     ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>> {
         Box::pin(self.apply_with_retry(record))
     }
+
+    fn known_notes<'a>(
+        &'a self,
+        user: &'a UserId,
+    ) -> BoxFuture<'a, Result<Vec<KnownNote>, MemoryError>> {
+        Box::pin(
+            self.db
+                .run(move |conn| async move { load_notes(&*conn, user.as_str()).await }),
+        )
+    }
 }
 
 async fn apply_in_transaction(
@@ -176,29 +195,12 @@ async fn apply_in_transaction(
         });
     }
 
-    let rows = tx
-        .query(
-            "SELECT id, content, content_hash, embedding FROM memory_notes WHERE user_id = $1",
-            &[&user],
-        )
-        .await
-        .map_err(db)?;
-    let mut known = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id = NoteId(row.try_get(0).map_err(db)?);
-        let raw: Vec<f32> = row.try_get(3).map_err(db)?;
-        let embedding = Embedding::from_stored(raw)
-            .map_err(|source| MemoryError::CorruptNote { id, source })?;
-        known.push(KnownNote {
-            id,
-            text: row.try_get(1).map_err(db)?,
-            content_hash: row.try_get(2).map_err(db)?,
-            embedding,
-        });
-    }
+    let known = load_notes(&tx, user).await?;
 
     let mut outcome = StoreOutcome::default();
-    let actions = decider.actions(&known, &record.candidates).await?;
+    let actions = decider
+        .actions(&known, &record.candidates, record.verdicts.as_ref())
+        .await?;
     // The id each inserted candidate got, for variants of later candidates that repeat it.
     let mut inserted_ids: Vec<Option<i64>> = vec![None; record.candidates.len()];
     for (index, (candidate, action)) in record.candidates.iter().zip(actions).enumerate() {
@@ -268,6 +270,34 @@ async fn apply_in_transaction(
     .map_err(db)?;
     tx.commit().await.map_err(db)?;
     Ok(outcome)
+}
+
+/// The user's notes with their embeddings (inside the record's transaction, or alone).
+async fn load_notes(
+    client: &impl deadpool_postgres::GenericClient,
+    user: &str,
+) -> Result<Vec<KnownNote>, MemoryError> {
+    let rows = client
+        .query(
+            "SELECT id, content, content_hash, embedding FROM memory_notes WHERE user_id = $1",
+            &[&user],
+        )
+        .await
+        .map_err(db)?;
+    let mut known = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = NoteId(row.try_get(0).map_err(db)?);
+        let raw: Vec<f32> = row.try_get(3).map_err(db)?;
+        let embedding = Embedding::from_stored(raw)
+            .map_err(|source| MemoryError::CorruptNote { id, source })?;
+        known.push(KnownNote {
+            id,
+            text: row.try_get(1).map_err(db)?,
+            content_hash: row.try_get(2).map_err(db)?,
+            embedding,
+        });
+    }
+    Ok(known)
 }
 
 /// Keeps `candidate` as a variant of note `note_id`, then drops the note's variants beyond the

@@ -43,7 +43,8 @@ mod migrate;
 pub mod tls;
 
 pub use migrate::{
-    migrate, schema_version, Migration, MigrationReport, LATEST_SCHEMA_VERSION, MIGRATIONS,
+    migrate, migrate_within, schema_version, Migration, MigrationReport, DEFAULT_MIGRATION_BUDGET,
+    LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATION_LOCK_KEY,
 };
 
 /// A pooled connection, as handed to a unit of work by [`Db::run`].

@@ -13,8 +13,8 @@
 //!     invokes the handler and deletes the successes, exactly as in AWS.
 //!
 //! Local defaults (each overridable by the environment): `POOL_MAX_SIZE=4`, `TRUST_BODY_USER_ID=true` (no
-//! authorizer here, so the body's `user_id` is the caller), and the LLM provider is `offline`
-//! unless one is configured. Migrations run at start (locally only; in AWS a deploy runs them).
+//! authorizer here, so the body's `user_id` is the caller; on loopback addresses only, see
+//! `local_env`), and the LLM provider is `offline` unless one is configured. Migrations run at start (locally only; in AWS a deploy runs them).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -63,7 +63,7 @@ pub struct Args {
 
 /// Serves the elaborate handler and runs the memory consumer locally until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let env = local_env();
+    let env = local_env(std::env::vars().collect(), args.host)?;
     let queue = QueueConfig::optional_from_env(&env)?;
 
     // Both functions' own composition roots, so what runs here is wired as in Lambda; two pools,
@@ -145,15 +145,40 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The process environment with the local defaults added where unset.
-fn local_env() -> Env {
-    let mut vars: HashMap<String, String> = std::env::vars().collect();
-    // No authorizer runs locally: the body's user_id is the caller.
+///
+/// `TRUST_BODY_USER_ID` defaults to true only on a loopback address: there no one else can
+/// reach the runner. On any other address it would let anyone on the network act as any user,
+/// so it defaults to false there, and an explicit `true` is refused.
+fn local_env(mut vars: HashMap<String, String>, host: IpAddr) -> anyhow::Result<Env> {
+    let trust = vars
+        .get("TRUST_BODY_USER_ID")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty());
+    if !host.is_loopback() {
+        if matches!(trust.as_deref(), Some("true" | "1" | "yes" | "on")) {
+            anyhow::bail!(
+                "refusing to serve on {host} with TRUST_BODY_USER_ID=true: anyone who can reach \
+                 this address could act as any user. Serve on 127.0.0.1 (the default), or unset \
+                 TRUST_BODY_USER_ID (requests then need an authorizer identity, which only AWS \
+                 provides)"
+            );
+        }
+        if trust.is_none() {
+            tracing::warn!(
+                %host,
+                "serving on a non-loopback address: TRUST_BODY_USER_ID stays false, so requests \
+                 without an authorizer identity are refused (401)"
+            );
+            vars.insert("TRUST_BODY_USER_ID".to_owned(), "false".to_owned());
+        }
+    }
+    // No authorizer runs locally: on loopback the body's user_id is the caller.
     vars.entry("TRUST_BODY_USER_ID".to_owned())
         .or_insert_with(|| "true".to_owned());
     // One process serves many requests at once here, unlike an elaborate environment.
     vars.entry("POOL_MAX_SIZE".to_owned())
         .or_insert_with(|| DEFAULT_POOL_SIZE.to_string());
-    Env::from_pairs(vars)
+    Ok(Env::from_pairs(vars))
 }
 
 fn print_ready(addr: SocketAddr, model: &str, queue: &str) {
@@ -341,4 +366,45 @@ fn to_sqs_event(batch: &[Delivery]) -> SqsEvent {
             "local",
         )
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_for(trust: Option<&str>, host: &str) -> anyhow::Result<Env> {
+        let mut vars = HashMap::new();
+        if let Some(t) = trust {
+            vars.insert("TRUST_BODY_USER_ID".to_owned(), t.to_owned());
+        }
+        local_env(vars, host.parse()?)
+    }
+
+    #[test]
+    fn the_body_user_id_is_trusted_by_default_only_on_loopback() -> anyhow::Result<()> {
+        for host in ["127.0.0.1", "::1"] {
+            let env = env_for(None, host)?;
+            assert_eq!(
+                env.get("TRUST_BODY_USER_ID").as_deref(),
+                Some("true"),
+                "{host}"
+            );
+        }
+        for host in ["0.0.0.0", "::", "192.168.1.20"] {
+            let env = env_for(None, host)?;
+            assert_eq!(
+                env.get("TRUST_BODY_USER_ID").as_deref(),
+                Some("false"),
+                "{host}"
+            );
+            let refused = env_for(Some("true"), host).map(|_| ()).unwrap_err();
+            assert!(
+                refused.to_string().contains("TRUST_BODY_USER_ID=true"),
+                "{refused}"
+            );
+            let env = env_for(Some("false"), host)?;
+            assert_eq!(env.get("TRUST_BODY_USER_ID").as_deref(), Some("false"));
+        }
+        Ok(())
+    }
 }

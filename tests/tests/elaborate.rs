@@ -966,3 +966,66 @@ async fn an_unreachable_provider_is_a_502_naming_it() {
     );
     assert!(h.messages().await.is_empty());
 }
+
+/// Sends one request on a fresh connection and reads the response head and body; then reports
+/// whether the server closed the connection right after it.
+async fn raw_exchange(base: &str, content_type: &str, body: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {ENDPOINT} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (and stop reading) before the whole body is sent.
+    let _ = tcp.write_all(body).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let (head, body_len) = loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a response head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            break (head, end + 4 + len);
+        }
+    };
+    while got.len() < body_len {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the whole response body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    );
+    (head, closed)
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closes_after_an_early_error_is_announced_with_connection_close() {
+    let h = harness(Options::default()).await;
+    let too_large = format!(
+        "{{\"user_id\":\"u\",\"hikmah\":\"{}\"}}",
+        "x".repeat(200 * 1024)
+    );
+    for (what, content_type, body) in [
+        ("413", "application/json", too_large.as_bytes()),
+        ("415", "text/plain", &b"hikmah"[..]),
+        ("400", "application/json", &b"{not json"[..]),
+    ] {
+        let (head, closed) = raw_exchange(&h.base, content_type, body).await;
+        if closed {
+            assert!(
+                head.contains("\r\nconnection: close"),
+                "{what}: the server closed the connection without saying so:\n{head}"
+            );
+        }
+    }
+}

@@ -154,7 +154,8 @@ pub async fn serve_http_until(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
+    let app = router(state).layer(axum::middleware::from_fn(routes::close_after_early_error));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

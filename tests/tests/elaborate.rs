@@ -1029,3 +1029,27 @@ async fn a_connection_the_server_closes_after_an_early_error_is_announced_with_c
         }
     }
 }
+
+#[tokio::test]
+async fn a_hikmah_with_characters_sqs_rejects_is_published_escaped_and_reads_back_unchanged() {
+    let h = harness(Options::default()).await;
+    let hikmah = "Patience\u{fffe} is the key\u{ffff} to relief.";
+    let received = read_sse(
+        h.post(ENDPOINT, json!({"user_id": "u-nonchar", "hikmah": hikmah}))
+            .await,
+    )
+    .await;
+    assert!(
+        events(&received).iter().any(|(name, _)| name == "done"),
+        "{:?}",
+        events(&received)
+    );
+    let messages = h.messages().await;
+    assert_eq!(messages.len(), 1);
+    let body = messages[0].body().unwrap();
+    assert!(
+        body.chars().all(shared::events::sqs_allows),
+        "the body holds characters SQS rejects: {body:?}"
+    );
+    assert_eq!(ElaborationCompleted::parse(body).unwrap().hikmah, hikmah);
+}

@@ -406,6 +406,43 @@ impl LlmConfig {
     }
 }
 
+/// Bounds on one generation, whatever the provider (`LLM_MAX_TOKENS`, `LLM_TOTAL_TIMEOUT_MS`).
+///
+/// The idle timeout alone lets a slow or endless generation run into the function's timeout,
+/// and then nothing is published or logged: these end it first, as a `provider_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationLimits {
+    /// Most tokens the model may generate (sent as the provider's `max_tokens`).
+    pub max_tokens: u32,
+    /// Longest a whole generation may take, first byte to last.
+    pub total_timeout: Duration,
+}
+
+impl Default for GenerationLimits {
+    fn default() -> Self {
+        Self {
+            max_tokens: 1024,
+            total_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl GenerationLimits {
+    /// Reads the limits; defaults 1024 tokens and 120 s (the template's function timeout is 300 s).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let max_tokens = env.int_in(
+            "LLM_MAX_TOKENS",
+            u64::from(defaults.max_tokens),
+            1..=100_000,
+        )?;
+        Ok(Self {
+            max_tokens: u32::try_from(max_tokens).unwrap_or(defaults.max_tokens),
+            total_timeout: env.millis("LLM_TOTAL_TIMEOUT_MS", 120_000, 1_000..=900_000)?,
+        })
+    }
+}
+
 /// The memory queue (`MEMORY_QUEUE_URL`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {

@@ -1053,3 +1053,82 @@ async fn a_hikmah_with_characters_sqs_rejects_is_published_escaped_and_reads_bac
     );
     assert_eq!(ElaborationCompleted::parse(body).unwrap().hikmah, hikmah);
 }
+
+#[tokio::test]
+async fn the_configured_max_tokens_is_sent_to_an_openai_compatible_provider() {
+    let fake = FakeLlm::start(Script::chunks(&["Patience."], Duration::ZERO)).await;
+    let env = Env::from_pairs([
+        ("LLM_PROVIDER", "openai"),
+        ("OPENAI_BASE_URL", fake.base_url().as_str()),
+        ("LLM_MAX_TOKENS", "77"),
+    ]);
+    let limits = shared::config::GenerationLimits::from_env(&env).unwrap();
+    let provider = shared::llm::from_config(
+        &shared::config::LlmConfig::from_env(&env).unwrap(),
+        &limits,
+        &shared::aws::AwsConfig::new(),
+    )
+    .await
+    .unwrap();
+    let mut stream = provider.stream(shared::llm::Prompt {
+        system: "s".into(),
+        user: "u".into(),
+        hikmah: "h".into(),
+        question: None,
+        notes_used: 0,
+    });
+    while let Some(delta) = stream.next().await {
+        delta.unwrap();
+    }
+    assert_eq!(fake.requests()[0]["max_tokens"], 77);
+}
+
+#[tokio::test]
+async fn a_generation_that_never_ends_is_cut_at_the_total_deadline_as_provider_timeout() {
+    // A chunk every 100 ms: never idle long enough for the idle timeout (2 s), never done.
+    let texts: Vec<String> = (0..600).map(|i| format!("word{i} ")).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let fake = FakeLlm::start(Script::chunks(&texts, Duration::from_millis(100))).await;
+    let provider = OpenAiProvider::with_settings(
+        &fake.base_url(),
+        None,
+        "fake-model",
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let publisher = Arc::new(SqsPublisher::new(
+        sqs().await,
+        QueueConfig {
+            url: create_queue(&sqs().await, false).await,
+        },
+    ));
+    let elaborator = Elaborator::new(
+        Arc::new(provider),
+        Arc::new(shared::elaboration::NoNotes),
+        publisher,
+        0,
+    )
+    .with_generation_deadline(Duration::from_secs(1));
+    let request =
+        shared::elaboration::ElaborateRequest::parse(br#"{"hikmah": "Patience."}"#).unwrap();
+    let started = Instant::now();
+    let mut rx = elaborator.spawn(shared::types::UserId::parse("u-slow").unwrap(), request);
+    let mut last = None;
+    while let Some(e) = rx.recv().await {
+        last = Some(e);
+    }
+    assert!(
+        matches!(
+            &last,
+            Some(shared::elaboration::StreamEvent::Error { code, message })
+                if *code == shared::error_code::ErrorCode::ProviderTimeout && message.contains("LLM_TOTAL_TIMEOUT_MS")
+        ),
+        "{last:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use axum::routing::{any, post};
 use axum::Router;
 use shared::aws::AwsConfig;
-use shared::config::{ConfigError, DbConfig, ElaborateConfig, Env, LlmConfig, QueueConfig};
+use shared::config::{
+    ConfigError, DbConfig, ElaborateConfig, Env, GenerationLimits, LlmConfig, QueueConfig,
+};
 use shared::db::{Db, DbError};
 use shared::elaboration::{Elaborator, PgNotes};
 use shared::llm::LlmError;
@@ -94,7 +96,8 @@ impl AppState {
                 Db::connect_lazy(&db_config).await?
             }
         };
-        let provider = shared::llm::from_config(&llm, aws).await?;
+        let limits = GenerationLimits::from_env(env)?;
+        let provider = shared::llm::from_config(&llm, &limits, aws).await?;
         tracing::info!(
             provider = provider.name(),
             model = provider.model(),
@@ -105,7 +108,8 @@ impl AppState {
             Arc::new(PgNotes::new(db.clone())),
             publisher,
             config.memory_context_notes,
-        );
+        )
+        .with_generation_deadline(limits.total_timeout);
         Ok(Self {
             db: Some(db),
             ..Self::new(elaborator, config)

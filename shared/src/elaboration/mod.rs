@@ -69,6 +69,7 @@ pub struct Elaborator {
     publisher: Arc<dyn Publisher>,
     context_notes: usize,
     publish_budget: Duration,
+    generation_deadline: Duration,
     /// Completed elaborations that could not be published, since start. The hook for the
     /// `PublishFailed` metric: each failure is also one log line with `error_code="publish_failed"`.
     publish_failures: Arc<AtomicU64>,
@@ -98,6 +99,7 @@ impl Elaborator {
             publisher,
             context_notes,
             publish_budget: DEFAULT_PUBLISH_BUDGET,
+            generation_deadline: crate::config::GenerationLimits::default().total_timeout,
             publish_failures: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -106,6 +108,13 @@ impl Elaborator {
     /// first attempt; keep it well inside the function's timeout.
     pub fn with_publish_budget(mut self, budget: Duration) -> Self {
         self.publish_budget = budget;
+        self
+    }
+
+    /// Ends a generation still running after `deadline` (`LLM_TOTAL_TIMEOUT_MS`) with a
+    /// `provider_timeout` error, well before the function's own timeout would cut it silently.
+    pub fn with_generation_deadline(mut self, deadline: Duration) -> Self {
+        self.generation_deadline = deadline;
         self
     }
 
@@ -151,7 +160,16 @@ impl Elaborator {
         let prompt = prompt::build(&request, &notes);
         let mut deltas = self.provider.stream(prompt);
         let mut text = String::new();
-        while let Some(item) = deltas.next().await {
+        let deadline = tokio::time::Instant::now() + self.generation_deadline;
+        loop {
+            let item = match tokio::time::timeout_at(deadline, deltas.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => Err(crate::llm::LlmError::TotalTimeout {
+                    provider: self.provider.name(),
+                    after: self.generation_deadline,
+                }),
+            };
             match item {
                 Ok(delta) => {
                     text.push_str(&delta);

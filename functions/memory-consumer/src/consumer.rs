@@ -1,13 +1,18 @@
 //! The consumer's composition root: everything a batch needs, built once per execution
 //! environment and shared by every invocation.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shared::config::{ConfigError, DbConfig, DedupConfig, EmbedConfig, Env};
 use shared::db::{Db, DbError};
 use shared::embed::{EmbedError, Embedder};
 use shared::memory::dedup::DedupPolicy;
+use shared::memory::extract::DefaultExtractor;
 use shared::memory::service::MemoryService;
+use shared::memory::store::PgMemoryStore;
+
+use crate::fault::{Fault, PanicOnMarker, FAULT_INJECTION_VAR};
 
 /// Pool size when `POOL_MAX_SIZE` is unset = records processed at once per execution
 /// environment. The embedder is CPU-bound, so more would mostly wait; raise it with more vCPUs.
@@ -68,7 +73,26 @@ impl Consumer {
         let embedder = Embedder::load(&embed_cfg)?;
         let embedder_time = t.elapsed();
 
-        let mut consumer = Self::postgres(db, embedder, DedupPolicy::from(&dedup));
+        let policy = DedupPolicy::from(&dedup);
+        let mut consumer = match Fault::from_env(env)? {
+            None => Self::postgres(db, embedder, policy),
+            Some(Fault::PanicOn(marker)) => {
+                tracing::warn!(
+                    %marker,
+                    "{FAULT_INJECTION_VAR} is set: records containing the marker will panic (test hook)"
+                );
+                let concurrency = db.pool().status().max_size;
+                let service = MemoryService::new(
+                    Arc::new(PanicOnMarker {
+                        marker,
+                        inner: Arc::new(DefaultExtractor),
+                    }),
+                    Arc::new(embedder),
+                    Arc::new(PgMemoryStore::new(db.clone(), policy)),
+                );
+                Self::new(service, db, concurrency)
+            }
+        };
         consumer.init = InitTimings {
             config,
             db: db_time,

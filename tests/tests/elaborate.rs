@@ -1132,3 +1132,108 @@ async fn a_generation_that_never_ends_is_cut_at_the_total_deadline_as_provider_t
         started.elapsed()
     );
 }
+
+/// The sample Function URL event (IAM auth) with the caller's `userId` and Cognito identity.
+fn function_url_iam_event(
+    user_id: &str,
+    cognito_identity_id: Option<&str>,
+    body: &Value,
+) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events/function-url-request.json");
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let iam = &mut event["requestContext"]["authorizer"]["iam"];
+    iam["userId"] = user_id.into();
+    iam["cognitoIdentity"] = match cognito_identity_id {
+        Some(id) => {
+            json!({"amr": ["authenticated"], "identityId": id, "identityPoolId": "us-east-1:pool"})
+        }
+        None => Value::Null,
+    };
+    event["body"] = body.to_string().into();
+    event["isBase64Encoded"] = false.into();
+    event.to_string()
+}
+
+/// The REST (v1) event signed by an IAM caller.
+fn apigw_v1_iam_event(user: &str, cognito_identity_id: Option<&str>, body: &Value) -> String {
+    let mut event: Value = serde_json::from_str(&apigw_v1_event("x", body)).unwrap();
+    event["requestContext"]["authorizer"] = Value::Null;
+    event["requestContext"]["identity"] = json!({
+        "sourceIp": "127.0.0.1",
+        "user": user,
+        "userArn": format!("arn:aws:sts::123456789012:assumed-role/r/{user}"),
+        "cognitoIdentityId": cognito_identity_id,
+        "cognitoAuthenticationType": cognito_identity_id.map(|_| "authenticated"),
+    });
+    event.to_string()
+}
+
+#[tokio::test]
+async fn cognito_identity_pool_callers_signing_through_one_role_are_different_users() {
+    let h = harness(Options::default()).await;
+    let body = json!({"hikmah": "Patience is the key to relief."});
+    let shared_session = "AROAEXAMPLEROLEID:CognitoIdentityCredentials";
+    let a = "us-east-1:11111111-1111-1111-1111-111111111111";
+    let b = "us-east-1:22222222-2222-2222-2222-222222222222";
+    let (status, _, text) = call_router(
+        &h,
+        false,
+        &apigw_v1_iam_event(shared_session, Some(a), &body),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let (status, _, text) = call_router(
+        &h,
+        false,
+        &function_url_iam_event(shared_session, Some(b), &body),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let mut users: Vec<String> = h
+        .messages()
+        .await
+        .iter()
+        .map(|m| {
+            ElaborationCompleted::parse(m.body().unwrap())
+                .unwrap()
+                .user_id
+                .as_str()
+                .to_owned()
+        })
+        .collect();
+    users.sort();
+    assert_eq!(users, [a, b]);
+
+    // The shared session alone identifies no one.
+    for event in [
+        apigw_v1_iam_event(shared_session, None, &body),
+        function_url_iam_event(shared_session, None, &body),
+    ] {
+        let (status, json, _) = call_router(&h, false, &event).await;
+        assert_eq!(status, 403, "{json}");
+    }
+}
+
+#[tokio::test]
+async fn an_iam_role_session_name_with_plus_equals_and_comma_is_a_user() {
+    let h = harness(Options::default()).await;
+    let user = "AROAEXAMPLEROLEID:jane+ops=admin,eu@corp.example";
+    let body = json!({"hikmah": "Patience is the key to relief."});
+    for event in [
+        apigw_v1_iam_event(user, None, &body),
+        function_url_iam_event(user, None, &body),
+    ] {
+        let (status, _, text) = call_router(&h, false, &event).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    for m in h.messages().await {
+        assert_eq!(
+            ElaborationCompleted::parse(m.body().unwrap())
+                .unwrap()
+                .user_id
+                .as_str(),
+            user
+        );
+    }
+}

@@ -66,7 +66,7 @@ pub(crate) async fn elaborate(
     if let Some(db) = state.db() {
         shared::lambda::begin_invocation(db);
     }
-    let authorized = authorizer_identity(&request);
+    let authorized = authorizer_identity(&request)?;
     let (parts, body) = request.into_parts();
     check_content_type(&parts.headers)?;
     let too_large = || {

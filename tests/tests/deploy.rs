@@ -299,3 +299,45 @@ async fn a_migration_blocked_by_a_lock_is_abandoned_by_the_server_before_cloudfo
     drop((blocker, admin));
     db.cleanup().await;
 }
+
+/// The `Default:` of a template parameter, read from template.yaml's text.
+fn template_default(parameter: &str) -> String {
+    let template =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"))
+            .unwrap();
+    let block = template
+        .split_once(&format!("\n  {parameter}:\n"))
+        .unwrap_or_else(|| panic!("no parameter {parameter}"))
+        .1;
+    block
+        .lines()
+        .take_while(|l| l.starts_with("    "))
+        .find_map(|l| l.trim().strip_prefix("Default:"))
+        .unwrap_or_else(|| panic!("{parameter} has no Default"))
+        .trim()
+        .trim_matches('"')
+        .to_owned()
+}
+
+#[test]
+fn the_default_connection_budget_is_bounded_for_both_functions() {
+    let consumer: u32 = template_default("ConsumerMaxConcurrency").parse().unwrap();
+    let pool: u32 = template_default("PoolSize").parse().unwrap();
+    let elaborate: u32 = template_default("ElaborateReservedConcurrency")
+        .parse()
+        .unwrap();
+    assert!(
+        elaborate > 0,
+        "elaborate's concurrency (hence connections) is unbounded by default"
+    );
+    let total = consumer * pool + elaborate + 1;
+    assert!(total <= 25, "{total} connections by default");
+    let deploy = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy.md"),
+    )
+    .unwrap();
+    assert!(
+        deploy.contains(&format!("= {total} with the defaults")),
+        "docs/deploy.md states the default budget"
+    );
+}

@@ -357,6 +357,7 @@ impl Db {
             Manager::from_config(pg, NoTls, manager_config)
         };
         let max_age = cfg.pool_max_age;
+        let settings = session_settings_sql(cfg);
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_max_size)
             .runtime(Runtime::Tokio1)
@@ -373,6 +374,15 @@ impl Db {
                 } else {
                     Ok(())
                 }
+            }))
+            .post_create(Hook::async_fn(move |client, _| {
+                let settings = settings.clone();
+                Box::pin(async move {
+                    client
+                        .batch_execute(&settings)
+                        .await
+                        .map_err(HookError::Backend)
+                })
             }))
             .build()
             .map_err(|e| DbError::Config(format!("cannot build the connection pool: {e}")))?;
@@ -578,23 +588,12 @@ impl Db {
     }
 }
 
-/// Adds our per-session settings to the driver config. Server-side settings go in the startup
-/// packet's `options`, so they cost no round trip; options already in the URL come after ours
-/// and so take precedence.
+/// Adds our connection settings to the driver config. The server-side session settings are
+/// not among them: they are sent by [`session_settings_sql`] once each connection is open,
+/// because the startup packet's `options` do not survive RDS Proxy (it drops them, so the
+/// timeouts would silently not apply).
 fn apply_session_settings(pg: &mut tokio_postgres::Config, cfg: &DbConfig) {
-    let statement_ms = cfg.statement_timeout.as_millis();
-    // A transaction left idle (a bug, or a client that died mid-transaction) must not hold
-    // locks for ever; real transactions here are short and never wait on the network.
-    let idle_tx_ms = (statement_ms * 2).max(60_000);
-    let mut options = format!(
-        "-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_tx_ms}"
-    );
-    if let Some(theirs) = pg.get_options() {
-        options.push(' ');
-        options.push_str(theirs);
-    }
-    pg.options(options)
-        .application_name(&cfg.application_name)
+    pg.application_name(&cfg.application_name)
         .connect_timeout(cfg.connect_timeout)
         .keepalives(true)
         // A peer that vanished (failover, NAT timeout) is detected in ~25 s, not hours.
@@ -604,6 +603,20 @@ fn apply_session_settings(pg: &mut tokio_postgres::Config, cfg: &DbConfig) {
         // Unacknowledged writes to a vanished peer fail after this, instead of retransmitting
         // for ~15 minutes.
         .tcp_user_timeout(Duration::from_secs(25));
+}
+
+/// The session settings each new connection runs once (one round trip, at connect, never per
+/// checkout): `statement_timeout` (`DB_STATEMENT_TIMEOUT_MS`) and
+/// `idle_in_transaction_session_timeout`.
+pub fn session_settings_sql(cfg: &DbConfig) -> String {
+    let statement_ms = cfg.statement_timeout.as_millis();
+    // A transaction left idle (a bug, or a client that died mid-transaction) must not hold
+    // locks for ever; real transactions here are short and never wait on the network.
+    let idle_tx_ms = (statement_ms * 2).max(60_000);
+    format!(
+        "SET statement_timeout = {statement_ms}; \
+         SET idle_in_transaction_session_timeout = {idle_tx_ms}"
+    )
 }
 
 /// `host:port/dbname as user` (or the socket path), never the password.
@@ -659,18 +672,18 @@ mod tests {
     }
 
     #[test]
-    fn session_settings_go_in_the_startup_options_and_url_options_win(
+    fn session_settings_are_sent_after_connecting_not_in_the_startup_options(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let c = cfg("postgres://app@h/db?options=-c%20search_path%3Dx")?;
         let mut pg: tokio_postgres::Config =
             "postgres://app@h/db?options=-c%20search_path%3Dx".parse()?;
         apply_session_settings(&mut pg, &c);
-        let options = pg.get_options().ok_or("no startup options")?;
-        assert!(
-            options.starts_with("-c statement_timeout=10000 "),
-            "{options}"
+        // The URL's own options are left as they are; ours are not added to them.
+        assert_eq!(pg.get_options(), Some("-c search_path=x"));
+        assert_eq!(
+            session_settings_sql(&c),
+            "SET statement_timeout = 10000; SET idle_in_transaction_session_timeout = 60000"
         );
-        assert!(options.ends_with("-c search_path=x"), "{options}");
         assert_eq!(pg.get_application_name(), Some("hikmah"));
         assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert!(pg.get_keepalives());

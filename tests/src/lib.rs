@@ -8,4 +8,5 @@ pub mod lambda;
 pub mod model;
 pub mod pg;
 pub mod proxy;
+pub mod secrets_extension;
 pub mod sqs;

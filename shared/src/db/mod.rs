@@ -270,11 +270,14 @@ fn describe(err: &tokio_postgres::Error) -> String {
 /// The pool and what it needs to report errors: cheap to clone, share it across tasks.
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool,
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    /// Replaced (never mutated) when the credentials are re-read from the secret.
+    pool: std::sync::RwLock<Pool>,
+    /// What re-reading the credentials needs, when they come from a secret.
+    secret: Option<SecretRefresh>,
     target: String,
     max_age: Duration,
     connect_timeout: Duration,
@@ -282,9 +285,19 @@ struct Inner {
     recycle_timeout: Duration,
 }
 
+/// Rebuilding the pool with fresh credentials after a failed login (a rotated password).
+struct SecretRefresh {
+    source: crate::config::SecretSource,
+    cfg: DbConfig,
+    root_cert: Option<std::path::PathBuf>,
+    /// Serialises refreshes; counts them, so a task that saw the old pool fail does not refresh
+    /// again after another task already did.
+    generation: tokio::sync::Mutex<u64>,
+}
+
 impl fmt::Debug for Db {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.pool.status();
+        let status = self.pool().status();
         f.debug_struct("Db")
             .field("target", &self.inner.target)
             .field("max_size", &status.max_size)
@@ -319,11 +332,28 @@ impl Db {
                     // The parse error never contains the URL itself, but be explicit about it.
                     DbError::Config(format!("DATABASE_URL cannot be parsed ([redacted]): {e}"))
                 })?,
-            DbSource::SecretArn(arn) => {
-                let secret =
-                    crate::lambda::secrets_extension::fetch_rds_secret(arn, cfg.connect_timeout)
-                        .await?;
-                secret.to_pg_config()
+            DbSource::SecretArn(source) => {
+                let secret = crate::lambda::secrets_extension::fetch_rds_secret(
+                    source,
+                    cfg.connect_timeout,
+                    false,
+                )
+                .await?;
+                let root_cert = root_cert_from_env();
+                let mut db = Self::from_pg_config_with_root_cert(
+                    secret.to_pg_config(),
+                    cfg,
+                    root_cert.as_deref(),
+                )?;
+                if let Some(inner) = Arc::get_mut(&mut db.inner) {
+                    inner.secret = Some(SecretRefresh {
+                        source: source.clone(),
+                        cfg: cfg.clone(),
+                        root_cert,
+                        generation: tokio::sync::Mutex::new(0),
+                    });
+                }
+                return Ok(db);
             }
         };
         Self::from_pg_config(base, cfg)
@@ -333,8 +363,8 @@ impl Db {
     /// `sslmode=require`, the server certificate is verified against `PGSSLROOTCERT` when set
     /// (see [`tls`]).
     pub fn from_pg_config(pg: tokio_postgres::Config, cfg: &DbConfig) -> Result<Db, DbError> {
-        let root_cert = std::env::var_os("PGSSLROOTCERT").filter(|v| !v.is_empty());
-        Self::from_pg_config_with_root_cert(pg, cfg, root_cert.as_deref().map(Path::new))
+        let root_cert = root_cert_from_env();
+        Self::from_pg_config_with_root_cert(pg, cfg, root_cert.as_deref())
     }
 
     /// [`Db::from_pg_config`] with an explicit root certificate bundle (PEM) instead of
@@ -346,6 +376,74 @@ impl Db {
     ) -> Result<Db, DbError> {
         apply_session_settings(&mut pg, cfg);
         let target = describe_target(&pg);
+        let pool = build_pool(pg, cfg, root_cert)?;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                pool: std::sync::RwLock::new(pool),
+                secret: None,
+                target,
+                max_age: cfg.pool_max_age,
+                connect_timeout: cfg.connect_timeout,
+                wait_timeout: cfg.wait_timeout,
+                recycle_timeout: cfg.recycle_timeout,
+            }),
+        })
+    }
+
+    /// After a failed login (SQLSTATE 28P01) with credentials from a secret: reads the secret
+    /// again, bypassing the extension's cache, and replaces the pool with one using the new
+    /// password (the old pool's connections were opened with the old one and keep working until
+    /// they are dropped). Concurrent callers refresh once.
+    async fn refresh_credentials(&self, seen_generation: u64) -> Result<(), DbError> {
+        let Some(refresh) = &self.inner.secret else {
+            return Ok(());
+        };
+        let mut generation = refresh.generation.lock().await;
+        if *generation != seen_generation {
+            return Ok(());
+        }
+        let secret = crate::lambda::secrets_extension::fetch_rds_secret(
+            &refresh.source,
+            refresh.cfg.connect_timeout,
+            true,
+        )
+        .await?;
+        let mut pg = secret.to_pg_config();
+        apply_session_settings(&mut pg, &refresh.cfg);
+        let pool = build_pool(pg, &refresh.cfg, refresh.root_cert.as_deref())?;
+        let old = match self.inner.pool.write() {
+            Ok(mut current) => std::mem::replace(&mut *current, pool),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), pool),
+        };
+        old.close();
+        *generation += 1;
+        tracing::warn!(
+            target = %self.inner.target,
+            "login failed with the cached password (28P01): re-read the secret and rebuilt the pool"
+        );
+        Ok(())
+    }
+
+    fn credentials_generation(&self) -> Option<u64> {
+        let refresh = self.inner.secret.as_ref()?;
+        refresh.generation.try_lock().ok().map(|g| *g)
+    }
+}
+
+/// `PGSSLROOTCERT`, libpq's variable for the root certificate bundle.
+fn root_cert_from_env() -> Option<std::path::PathBuf> {
+    std::env::var_os("PGSSLROOTCERT")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// Builds the pool for a complete driver config (our settings already applied).
+fn build_pool(
+    pg: tokio_postgres::Config,
+    cfg: &DbConfig,
+    root_cert: Option<&Path>,
+) -> Result<Pool, DbError> {
+    {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         };
@@ -386,23 +484,16 @@ impl Db {
             }))
             .build()
             .map_err(|e| DbError::Config(format!("cannot build the connection pool: {e}")))?;
-        Ok(Db {
-            pool,
-            inner: Arc::new(Inner {
-                target,
-                max_age,
-                connect_timeout: cfg.connect_timeout,
-                wait_timeout: cfg.wait_timeout,
-                recycle_timeout: cfg.recycle_timeout,
-            }),
-        })
+        Ok(pool)
     }
+}
 
+impl Db {
     /// Drops pooled connections older than `POOL_MAX_AGE_SECS`; returns how many were dropped.
     pub fn drop_aged_connections(&self) -> usize {
         let max_age = self.inner.max_age;
         let removed = self
-            .pool
+            .pool()
             .retain(|_, metrics| metrics.age() <= max_age)
             .removed;
         if !removed.is_empty() {
@@ -416,8 +507,21 @@ impl Db {
 
     /// A pooled connection, verified by a round trip when reused. Prefer [`Db::run`], which
     /// also retries and keeps a connection in doubt out of the pool.
+    ///
+    /// With credentials from a secret, a login refused as `invalid_password` (28P01: the password
+    /// was rotated) re-reads the secret and tries once more with the new one.
     pub async fn get(&self) -> Result<Client, DbError> {
-        self.pool.get().await.map_err(|e| self.pool_error(e))
+        let generation = self.credentials_generation();
+        match self.pool().get().await {
+            Err(PoolError::Backend(e))
+                if generation.is_some() && e.code() == Some(&SqlState::INVALID_PASSWORD) =>
+            {
+                self.refresh_credentials(generation.unwrap_or_default())
+                    .await?;
+                self.pool().get().await.map_err(|e| self.pool_error(e))
+            }
+            other => other.map_err(|e| self.pool_error(e)),
+        }
     }
 
     /// Runs a unit of work on a pooled connection; retries it once, on a fresh connection, when
@@ -519,9 +623,13 @@ impl Db {
         }
     }
 
-    /// The underlying pool (status, resizing in tests).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The underlying pool (status, resizing in tests); the current one, if credentials were
+    /// refreshed.
+    pub fn pool(&self) -> Pool {
+        match self.inner.pool.read() {
+            Ok(pool) => pool.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// `host:port/dbname as user`, for messages (never the password).
@@ -531,7 +639,7 @@ impl Db {
 
     /// Closes the pool: waiting and future `get`s fail with [`DbError::PoolClosed`].
     pub fn close(&self) {
-        self.pool.close();
+        self.pool().close();
     }
 
     fn connect_error(&self, cause: tokio_postgres::Error) -> DbError {

@@ -366,3 +366,50 @@ async fn init_waits_for_a_secrets_extension_that_is_not_listening_yet() {
     );
     drop(admin);
 }
+
+#[tokio::test]
+async fn an_unverified_connection_refuses_a_cleartext_password_request_and_scram_binds_to_the_channel(
+) {
+    let cluster = tokio::task::spawn_blocking(|| {
+        TlsCluster::start_with_hba(
+            "hostssl all clear 127.0.0.1/32 password\nhostssl all app 127.0.0.1/32 scram-sha-256\n",
+        )
+    })
+    .await
+    .unwrap();
+    let tls = shared::db::tls::MakeRustls::new(shared::db::tls::client_config(None).unwrap());
+    let (admin, connection) = tokio_postgres::connect(&cluster.url("127.0.0.1", "require"), tls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(
+            "CREATE ROLE clear LOGIN PASSWORD 'pw1'; CREATE ROLE app LOGIN PASSWORD 'pw2';",
+        )
+        .await
+        .unwrap();
+    let url = |user: &str, pw: &str, host: &str, extra: &str| {
+        format!(
+            "postgres://{user}:{pw}@{host}:{}/postgres?sslmode=require{extra}",
+            cluster.port
+        )
+    };
+    let ca = cluster.dir.join("ca.crt");
+
+    // Unverified (no root bundle): whoever answers may be in the middle, so no cleartext password.
+    let db = pool(&url("clear", "pw1", "127.0.0.1", ""), None).unwrap();
+    let err = session_is_encrypted(&db).await.unwrap_err();
+    assert!(err.to_string().contains("clear text"), "{err}");
+    // Verified against the CA: the server is who it says, the password may go.
+    let db = pool(&url("clear", "pw1", "localhost", ""), Some(&ca)).unwrap();
+    assert!(session_is_encrypted(&db).await.unwrap());
+
+    // SCRAM with channel binding (tls-server-end-point), required by the client.
+    let db = pool(
+        &url("app", "pw2", "127.0.0.1", "&channel_binding=require"),
+        None,
+    )
+    .unwrap();
+    assert!(session_is_encrypted(&db).await.unwrap());
+    drop(admin);
+}

@@ -448,7 +448,7 @@ fn build_pool(
             recycling_method: RecyclingMethod::Verified,
         };
         let manager = if pg.get_ssl_mode() == SslMode::Require {
-            let tls = tls::MakeRustls::new(tls::client_config(root_cert)?);
+            let tls = tls::MakeRustls::for_root_cert(root_cert)?;
             Manager::from_config(pg, tls, manager_config)
         } else {
             // disable, or prefer (libpq's default): without a TLS connector no TLS is attempted.

@@ -2,6 +2,7 @@
 // Test code: a failed unwrap is a failed test, with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod bins;
+pub mod cluster;
 pub mod events;
 pub mod fake_llm;
 pub mod lambda;

@@ -17,6 +17,7 @@ mod deploy;
 mod elaborate;
 mod elaborate_lambda;
 mod embedder;
+mod faults;
 mod local_runner;
 mod migrations;
 mod pool;

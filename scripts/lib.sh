@@ -126,9 +126,11 @@ ensure_postgres() {
     chown postgres "$PG_DIR"
     run=(runuser -u postgres --)
   fi
-  "${run[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --no-sync >/dev/null
-  "${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 30 start \
-    -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
+  # The cluster's commands run from its own directory: as the postgres user they could not enter
+  # the caller's (a clone in a private home directory) and would complain that they cannot.
+  (cd "$PG_DIR" && "${run[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --no-sync >/dev/null)
+  (cd "$PG_DIR" && "${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 30 start \
+    -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null) \
     || { cat "$PG_DIR/log" >&2; die "throwaway PostgreSQL did not start"; }
   PG_STOP=("${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -m fast stop)
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
@@ -137,7 +139,7 @@ ensure_postgres() {
 
 stop_postgres() {
   if [ -n "${PG_DIR:-}" ]; then
-    "${PG_STOP[@]}" >/dev/null 2>&1 || true
+    (cd "$PG_DIR" && "${PG_STOP[@]}") >/dev/null 2>&1 || true
     rm -rf "$PG_DIR"
     PG_DIR=
   fi
@@ -162,6 +164,12 @@ start_moto() {
 stop_moto() { [ -n "${MOTO_PID:-}" ] && kill "$MOTO_PID" 2>/dev/null || true; MOTO_PID=; }
 
 cleanup() { stop_moto; stop_postgres; }
+
+# Writes stdin to "$1" readable by the owner only (it may hold DATABASE_URL with a password).
+write_private_file() {
+  local file=$1
+  (umask 077 && rm -f "$file" && cat >"$file")
+}
 
 export_artifact_env() {
   export EMBED_MODEL_DIR=${EMBED_MODEL_DIR:-$HIKMAH_CACHE_DIR/model}

@@ -15,7 +15,7 @@ HIKMAH="$HIKMAH_ROOT/target/release/hikmah"
   echo "EMBED_MODEL_DIR=$EMBED_MODEL_DIR"
   echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
   if [ -n "${MEMORY_QUEUE_URL:-}" ]; then echo "MEMORY_QUEUE_URL=$MEMORY_QUEUE_URL"; fi
-} >"$HIKMAH_CACHE_DIR/local.env"
+} | write_private_file "$HIKMAH_CACHE_DIR/local.env"
 export HIKMAH_CLI="scripts/hikmah"
 "$HIKMAH" migrate
 "$HIKMAH" doctor

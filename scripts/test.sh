@@ -18,6 +18,18 @@ cargo build --workspace --bins -q
 log "cargo test"
 # Tests create their own databases and queues, so test binaries may run in parallel.
 cargo test --workspace --no-fail-fast
+log "memory-consumer as deployed: cargo lambda build --release (x86_64), panic isolation under the emulator"
+# sam build runs `cargo lambda build --release`, whose panic strategy comes from the release
+# profile (cargo-lambda picks "abort" when the workspace does not say): check the per-record
+# panic isolation against that binary, not only the debug one. One binary, about 6 min cold on
+# 2 cores; incremental afterwards.
+cargo lambda build --release --x86-64 --bin memory-consumer
+target_dir=${CARGO_TARGET_DIR:-$HIKMAH_ROOT/target}
+release_bins="$target_dir/lambda-release-bins"
+mkdir -p "$release_bins"
+cp "$target_dir/lambda/memory-consumer/bootstrap" "$release_bins/memory-consumer"
+HIKMAH_BIN_DIR="$release_bins" cargo test -p hikmah-tests --test main -- --exact \
+  consumer_lambda::a_panicking_record_fails_alone_in_the_binary_under_the_lambda_emulator
 log "template checks"
 scripts/check-template.sh
 log "all checks passed"

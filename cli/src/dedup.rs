@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use shared::aws::AwsConfig;
-use shared::config::{DedupConfig, EmbedConfig, Env, JudgeConfig};
+use shared::config::{DedupConfig, EmbedConfig, Env, GenerationLimits, JudgeConfig};
 use shared::embed::Embedder;
 use shared::memory::dedup::{differing_words, Decision, DedupPolicy, Reason};
 use shared::memory::eval::{parse_pairs, splits, EvalReport, Label, Split};
@@ -64,7 +64,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                  provider (LLM_PROVIDER=openai with OPENAI_BASE_URL/OPENAI_API_KEY, or bedrock)"
             );
         };
-        Some(Judge::from_config(&cfg, &AwsConfig::new()).await?)
+        let limits = GenerationLimits::from_env(&env)?;
+        Some(Judge::from_config(&cfg, &limits, &AwsConfig::new()).await?)
     } else {
         None
     };

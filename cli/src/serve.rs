@@ -13,8 +13,8 @@
 //!     invokes the handler and deletes the successes, exactly as in AWS.
 //!
 //! Local defaults (each overridable by the environment): `POOL_MAX_SIZE=4`, `TRUST_BODY_USER_ID=true` (no
-//! authorizer here, so the body's `user_id` is the caller), and the LLM provider is `offline`
-//! unless one is configured. Migrations run at start (locally only; in AWS a deploy runs them).
+//! authorizer here, so the body's `user_id` is the caller; on loopback addresses only, see
+//! `local_env`), and the LLM provider is `offline` unless one is configured. Migrations run at start (locally only; in AWS a deploy runs them).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +48,10 @@ const BATCHING_WINDOW: Duration = Duration::from_millis(50);
 /// Pool size of each function's pool when `POOL_MAX_SIZE` is unset.
 const DEFAULT_POOL_SIZE: usize = 4;
 
+/// Most events the in-process queue holds; beyond that a publish fails (`publish_failed`)
+/// instead of the runner's memory growing without bound.
+pub const QUEUE_CAPACITY: usize = 1_000;
+
 /// How long a stopping runner lets the in-process queue finish what it already accepted.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -64,7 +68,7 @@ pub struct Args {
 
 /// Serves the elaborate handler and runs the memory consumer locally until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let env = local_env();
+    let env = local_env(std::env::vars().collect(), args.host)?;
     let queue = QueueConfig::optional_from_env(&env)?;
 
     // Both functions' own composition roots, so what runs here is wired as in Lambda; two pools,
@@ -155,15 +159,40 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The process environment with the local defaults added where unset.
-fn local_env() -> Env {
-    let mut vars: HashMap<String, String> = std::env::vars().collect();
-    // No authorizer runs locally: the body's user_id is the caller.
+///
+/// `TRUST_BODY_USER_ID` defaults to true only on a loopback address: there no one else can
+/// reach the runner. On any other address it would let anyone on the network act as any user,
+/// so it defaults to false there, and an explicit `true` is refused.
+fn local_env(mut vars: HashMap<String, String>, host: IpAddr) -> anyhow::Result<Env> {
+    let trust = vars
+        .get("TRUST_BODY_USER_ID")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty());
+    if !host.is_loopback() {
+        if matches!(trust.as_deref(), Some("true" | "1" | "yes" | "on")) {
+            anyhow::bail!(
+                "refusing to serve on {host} with TRUST_BODY_USER_ID=true: anyone who can reach \
+                 this address could act as any user. Serve on 127.0.0.1 (the default), or unset \
+                 TRUST_BODY_USER_ID (requests then need an authorizer identity, which only AWS \
+                 provides)"
+            );
+        }
+        if trust.is_none() {
+            tracing::warn!(
+                %host,
+                "serving on a non-loopback address: TRUST_BODY_USER_ID stays false, so requests \
+                 without an authorizer identity are refused (401)"
+            );
+            vars.insert("TRUST_BODY_USER_ID".to_owned(), "false".to_owned());
+        }
+    }
+    // No authorizer runs locally: on loopback the body's user_id is the caller.
     vars.entry("TRUST_BODY_USER_ID".to_owned())
         .or_insert_with(|| "true".to_owned());
     // One process serves many requests at once here, unlike an elaborate environment.
     vars.entry("POOL_MAX_SIZE".to_owned())
         .or_insert_with(|| DEFAULT_POOL_SIZE.to_string());
-    Env::from_pairs(vars)
+    Ok(Env::from_pairs(vars))
 }
 
 fn print_ready(addr: SocketAddr, model: &str, queue: &str) {
@@ -218,21 +247,25 @@ struct Delivery {
 /// the consumer's handler on real `SqsEvent`s.
 #[derive(Debug, Clone)]
 pub struct InProcessQueue {
-    tx: mpsc::UnboundedSender<Delivery>,
+    tx: mpsc::Sender<Delivery>,
 }
+
+/// Failed records waiting out their pause before redelivery, by message id.
+type Waiting = Arc<std::sync::Mutex<HashMap<String, Delivery>>>;
 
 /// The worker behind [`InProcessQueue`].
 pub struct InProcessWorker {
     consumer: Consumer,
-    rx: mpsc::UnboundedReceiver<Delivery>,
-    tx: mpsc::UnboundedSender<Delivery>,
+    rx: mpsc::Receiver<Delivery>,
+    tx: mpsc::Sender<Delivery>,
     stop: watch::Receiver<bool>,
+    waiting: Waiting,
 }
 
 impl InProcessQueue {
     /// A queue and the worker that drains it into `consumer` until `stop` turns true.
     pub fn new(consumer: Consumer, stop: watch::Receiver<bool>) -> (Self, InProcessWorker) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         (
             Self { tx: tx.clone() },
             InProcessWorker {
@@ -240,6 +273,7 @@ impl InProcessQueue {
                 rx,
                 tx,
                 stop,
+                waiting: Waiting::default(),
             },
         )
     }
@@ -256,10 +290,14 @@ impl Publisher for InProcessQueue {
                 body: event.to_body(),
                 receives: 0,
             };
-            self.tx.send(delivery).map_err(|_| {
-                PublishError::Other(
+            self.tx.try_send(delivery).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => PublishError::Other(format!(
+                    "the in-process memory queue is full ({QUEUE_CAPACITY} events waiting for \
+                     the memory consumer)"
+                )),
+                mpsc::error::TrySendError::Closed(_) => PublishError::Other(
                     "the in-process memory queue is closed (the runner is stopping)".into(),
-                )
+                ),
             })
         })
     }
@@ -289,27 +327,52 @@ impl InProcessWorker {
             }
             self.deliver(batch).await;
         }
-        // Stopping: what was accepted before the stop is still applied.
+        // Stopping: what was accepted before the stop is still applied, and failed records
+        // still waiting out their pause get one last attempt now.
         let mut rest = Vec::new();
         while let Ok(d) = self.rx.try_recv() {
             rest.push(d);
         }
+        let waiting: Vec<Delivery> = match self.waiting.lock() {
+            Ok(mut w) => w.drain().map(|(_, d)| d).collect(),
+            Err(_) => Vec::new(),
+        };
+        if !waiting.is_empty() {
+            tracing::warn!(
+                records = waiting.len(),
+                "stopping: redelivering the failed records now instead of after their pause"
+            );
+        }
+        rest.extend(waiting);
         for chunk in rest.chunks(BATCH_SIZE) {
-            self.deliver(chunk.to_vec()).await;
+            let failed = self.deliver_once(chunk.to_vec()).await;
+            for d in failed {
+                tracing::error!(
+                    message_id = d.message_id,
+                    receives = d.receives,
+                    body = d.body,
+                    "not applied: the runner stopped before this event could be applied; \
+                     replay the body once the cause is fixed"
+                );
+            }
         }
     }
 
-    async fn deliver(&self, mut batch: Vec<Delivery>) {
+    /// Delivers a batch once; returns the records that failed.
+    async fn deliver_once(&self, mut batch: Vec<Delivery>) -> Vec<Delivery> {
         for d in &mut batch {
             d.receives += 1;
         }
-        let event = to_sqs_event(&batch);
-        let report = handle_batch(&self.consumer, event).await;
+        let report = handle_batch(&self.consumer, to_sqs_event(&batch)).await;
         let failed: Vec<&str> = report.failures().map(|(id, _)| id).collect();
-        for d in batch
+        batch
             .into_iter()
             .filter(|d| failed.contains(&d.message_id.as_str()))
-        {
+            .collect()
+    }
+
+    async fn deliver(&self, batch: Vec<Delivery>) {
+        for d in self.deliver_once(batch).await {
             if d.receives >= MAX_RECEIVES {
                 tracing::error!(
                     message_id = d.message_id,
@@ -329,9 +392,18 @@ impl InProcessWorker {
                 ?pause,
                 "record failed; redelivering"
             );
+            let id = d.message_id.clone();
+            if let Ok(mut w) = self.waiting.lock() {
+                w.insert(id.clone(), d);
+            }
+            let waiting = self.waiting.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(pause).await;
-                let _ = tx.send(d);
+                // Gone when the worker took it at shutdown.
+                let d = waiting.lock().ok().and_then(|mut w| w.remove(&id));
+                if let Some(d) = d {
+                    let _ = tx.send(d).await;
+                }
             });
         }
     }
@@ -355,4 +427,159 @@ fn to_sqs_event(batch: &[Delivery]) -> SqsEvent {
             "local",
         )
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::config::DbConfig;
+    use shared::db::Db;
+    use shared::memory::extract::NoteExtractor;
+    use shared::memory::plan::KnownNote;
+    use shared::memory::service::{MemoryService, TextEmbedder};
+    use shared::memory::store::{MemoryStore, PreparedRecord, StoreOutcome};
+    use shared::memory::MemoryError;
+    use shared::types::{Embedding, UserId};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct NoNotes;
+    impl NoteExtractor for NoNotes {
+        fn extract(&self, _: &ElaborationCompleted) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    struct NoEmbeddings;
+    impl TextEmbedder for NoEmbeddings {
+        fn embed_texts(
+            &self,
+            _: Vec<String>,
+        ) -> BoxFuture<'_, Result<Vec<Embedding>, MemoryError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    /// Fails its first `failures` calls (as a database that is briefly away), then applies.
+    struct Flaky {
+        failures: usize,
+        calls: AtomicUsize,
+        applied: AtomicUsize,
+    }
+    impl MemoryStore for Flaky {
+        fn apply<'a>(
+            &'a self,
+            _: &'a PreparedRecord,
+        ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>> {
+            Box::pin(async move {
+                if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                    return Err(MemoryError::Db(shared::db::DbError::PoolClosed));
+                }
+                self.applied.fetch_add(1, Ordering::SeqCst);
+                Ok(StoreOutcome::default())
+            })
+        }
+
+        fn known_notes<'a>(
+            &'a self,
+            _: &'a UserId,
+        ) -> BoxFuture<'a, Result<Vec<KnownNote>, MemoryError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    async fn consumer(store: Arc<Flaky>) -> anyhow::Result<Consumer> {
+        let cfg = DbConfig::from_env(
+            &Env::from_pairs([("DATABASE_URL", "postgres://u@127.0.0.1:9/none")]),
+            1,
+        )?;
+        let db = Db::connect_lazy(&cfg).await?;
+        let service = MemoryService::new(Arc::new(NoNotes), Arc::new(NoEmbeddings), store);
+        Ok(Consumer::new(service, db, 1))
+    }
+
+    fn event(i: usize) -> anyhow::Result<ElaborationCompleted> {
+        Ok(ElaborationCompleted::new(
+            UserId::parse(&format!("u-{i}"))?,
+            "Patience.".into(),
+            None,
+            "text".into(),
+            "m".into(),
+        ))
+    }
+
+    fn flaky(failures: usize) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            failures,
+            calls: AtomicUsize::new(0),
+            applied: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_in_process_queue_is_bounded_and_a_full_queue_is_a_publish_error(
+    ) -> anyhow::Result<()> {
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        // The worker is not running: nothing drains the queue.
+        let (queue, _worker) = InProcessQueue::new(consumer(flaky(0)).await?, stop_rx);
+        for i in 0..QUEUE_CAPACITY {
+            queue.publish(&event(i)?).await?;
+        }
+        let err = queue.publish(&event(0)?).await.unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_record_waiting_for_redelivery_at_shutdown_is_tried_once_more_not_dropped(
+    ) -> anyhow::Result<()> {
+        let store = flaky(1);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (queue, worker) = InProcessQueue::new(consumer(store.clone()).await?, stop_rx);
+        let worker = tokio::spawn(worker.run());
+        queue.publish(&event(1)?).await?;
+        // The first delivery fails; its redelivery waits a second.
+        while store.calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop_tx.send(true)?;
+        tokio::time::timeout(Duration::from_millis(900), worker).await??;
+        assert_eq!(store.applied.load(Ordering::SeqCst), 1);
+        Ok(())
+    }
+
+    fn env_for(trust: Option<&str>, host: &str) -> anyhow::Result<Env> {
+        let mut vars = HashMap::new();
+        if let Some(t) = trust {
+            vars.insert("TRUST_BODY_USER_ID".to_owned(), t.to_owned());
+        }
+        local_env(vars, host.parse()?)
+    }
+
+    #[test]
+    fn the_body_user_id_is_trusted_by_default_only_on_loopback() -> anyhow::Result<()> {
+        for host in ["127.0.0.1", "::1"] {
+            let env = env_for(None, host)?;
+            assert_eq!(
+                env.get("TRUST_BODY_USER_ID").as_deref(),
+                Some("true"),
+                "{host}"
+            );
+        }
+        for host in ["0.0.0.0", "::", "192.168.1.20"] {
+            let env = env_for(None, host)?;
+            assert_eq!(
+                env.get("TRUST_BODY_USER_ID").as_deref(),
+                Some("false"),
+                "{host}"
+            );
+            let refused = env_for(Some("true"), host).map(|_| ()).unwrap_err();
+            assert!(
+                refused.to_string().contains("TRUST_BODY_USER_ID=true"),
+                "{refused}"
+            );
+            let env = env_for(Some("false"), host)?;
+            assert_eq!(env.get("TRUST_BODY_USER_ID").as_deref(), Some("false"));
+        }
+        Ok(())
+    }
 }

@@ -190,8 +190,24 @@ impl Env {
 pub enum DbSource {
     /// A `postgres://` URL (with its password: a secret).
     Url(Secret),
-    /// An AWS Secrets Manager secret (RDS format: host, port, username, password, dbname).
-    SecretArn(String),
+    /// An AWS Secrets Manager secret (RDS format: host, port, username, password, dbname), read
+    /// through the Parameters and Secrets Lambda Extension.
+    SecretArn(SecretSource),
+}
+
+/// Where and how to read the database secret (`DB_SECRET_ARN` and the extension's settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSource {
+    /// The secret's ARN (`DB_SECRET_ARN`).
+    pub arn: String,
+    /// The extension's port (`PARAMETERS_SECRETS_EXTENSION_HTTP_PORT`, default 2773).
+    pub extension_port: u16,
+    /// The token the extension requires (`AWS_SESSION_TOKEN`, set by Lambda).
+    pub session_token: Option<Secret>,
+    /// How long init keeps retrying an extension that does not answer yet
+    /// (`SECRETS_EXTENSION_WAIT_MS`, default 10000): Lambda starts the runtime once extensions
+    /// have registered, not once they listen.
+    pub extension_wait: Duration,
 }
 
 /// Database pool settings (`DATABASE_URL`/`DB_SECRET_ARN`, `POOL_*`, `DB_*_TIMEOUT_MS`).
@@ -218,36 +234,44 @@ pub struct DbConfig {
 impl DbConfig {
     /// Reads the database section; `default_pool_size` is the function's own sensible size.
     pub fn from_env(env: &Env, default_pool_size: usize) -> Result<Self, ConfigError> {
-        let source =
-            match (env.get("DATABASE_URL"), env.get("DB_SECRET_ARN")) {
-                (Some(url), _) => {
-                    if !(url.starts_with("postgres://")
-                        || url.starts_with("postgresql://")
-                        || url.contains('='))
-                    {
-                        return Err(ConfigError::Invalid {
-                            name: "DATABASE_URL",
-                            value: "[redacted]".into(),
-                            reason: "expected postgres://user[:password]@host[:port]/dbname".into(),
-                        });
-                    }
-                    DbSource::Url(Secret::new(url))
+        let source = match (env.get("DATABASE_URL"), env.get("DB_SECRET_ARN")) {
+            (Some(url), _) => {
+                if !(url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.contains('='))
+                {
+                    return Err(ConfigError::Invalid {
+                        name: "DATABASE_URL",
+                        value: "[redacted]".into(),
+                        reason: "expected postgres://user[:password]@host[:port]/dbname".into(),
+                    });
                 }
-                (None, Some(arn)) => {
-                    if !arn.starts_with("arn:") {
-                        return Err(ConfigError::Invalid {
-                            name: "DB_SECRET_ARN",
-                            value: arn,
-                            reason: "expected an arn:aws:secretsmanager:... ARN".into(),
-                        });
-                    }
-                    DbSource::SecretArn(arn)
+                DbSource::Url(Secret::new(url))
+            }
+            (None, Some(arn)) => {
+                if !arn.starts_with("arn:") {
+                    return Err(ConfigError::Invalid {
+                        name: "DB_SECRET_ARN",
+                        value: arn,
+                        reason: "expected an arn:aws:secretsmanager:... ARN".into(),
+                    });
                 }
-                (None, None) => return Err(ConfigError::Missing {
+                let extension_port =
+                    env.int_in("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT", 2773, 1..=65_535)?;
+                DbSource::SecretArn(SecretSource {
+                    arn,
+                    extension_port: u16::try_from(extension_port).unwrap_or(2773),
+                    session_token: env.get("AWS_SESSION_TOKEN").map(Secret::new),
+                    extension_wait: env.millis("SECRETS_EXTENSION_WAIT_MS", 10_000, 0..=60_000)?,
+                })
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing {
                     name: "DATABASE_URL",
                     hint: "set DATABASE_URL=postgres://user@host:5432/db (or DB_SECRET_ARN in AWS)",
-                }),
-            };
+                })
+            }
+        };
         Ok(Self {
             source,
             pool_max_size: env.int_in("POOL_MAX_SIZE", default_pool_size as u64, 1..=1000)?
@@ -557,6 +581,43 @@ impl LlmConfig {
                 reason: "expected openai, bedrock or offline".into(),
             }),
         }
+    }
+}
+
+/// Bounds on one generation, whatever the provider (`LLM_MAX_TOKENS`, `LLM_TOTAL_TIMEOUT_MS`).
+///
+/// The idle timeout alone lets a slow or endless generation run into the function's timeout,
+/// and then nothing is published or logged: these end it first, as a `provider_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerationLimits {
+    /// Most tokens the model may generate (sent as the provider's `max_tokens`).
+    pub max_tokens: u32,
+    /// Longest a whole generation may take, first byte to last.
+    pub total_timeout: Duration,
+}
+
+impl Default for GenerationLimits {
+    fn default() -> Self {
+        Self {
+            max_tokens: 1024,
+            total_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl GenerationLimits {
+    /// Reads the limits; defaults 1024 tokens and 120 s (the template's function timeout is 300 s).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let max_tokens = env.int_in(
+            "LLM_MAX_TOKENS",
+            u64::from(defaults.max_tokens),
+            1..=100_000,
+        )?;
+        Ok(Self {
+            max_tokens: u32::try_from(max_tokens).unwrap_or(defaults.max_tokens),
+            total_timeout: env.millis("LLM_TOTAL_TIMEOUT_MS", 120_000, 1_000..=900_000)?,
+        })
     }
 }
 

@@ -78,11 +78,35 @@ impl ElaborationCompleted {
         serde_json::from_str(body).map_err(EventError::Malformed)
     }
 
-    /// The message body.
+    /// The message body: JSON made only of characters SQS accepts in a message (see
+    /// [`sqs_allows`]). serde_json already escapes the control characters; the two Unicode
+    /// noncharacters U+FFFE and U+FFFF, which it writes as they are and SQS rejects, are written
+    /// as the JSON escapes `\ufffe` / `\uffff`, so the text reads back unchanged.
     pub fn to_body(&self) -> String {
         // Serialising plain strings, numbers and a timestamp into a String cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let json = serde_json::to_string(self).unwrap_or_default();
+        if json.chars().all(sqs_allows) {
+            return json;
+        }
+        // Outside strings serde_json writes only ASCII, so every such character is in a string,
+        // where a \u escape means the same character.
+        let mut escaped = String::with_capacity(json.len() + 12);
+        for c in json.chars() {
+            if sqs_allows(c) {
+                escaped.push(c);
+            } else {
+                escaped.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+        }
+        escaped
     }
+}
+
+/// Whether SQS accepts `c` in a message body: `#x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD |
+/// #x10000-#x10FFFF` (SendMessage's documented character set; surrogates cannot occur in a Rust
+/// string). moto does not enforce it.
+pub fn sqs_allows(c: char) -> bool {
+    matches!(u32::from(c), 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
 }
 
 #[cfg(test)]
@@ -106,6 +130,65 @@ mod tests {
         v["extra"] = serde_json::json!(1);
         assert_eq!(ElaborationCompleted::parse(&v.to_string())?, e);
         Ok(())
+    }
+
+    #[test]
+    fn the_body_holds_only_characters_sqs_allows_and_reads_back_unchanged(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        // Every character class at the edges of SQS's set, in every text field.
+        let awkward: String = [
+            '\u{0}',
+            '\u{8}',
+            '\t',
+            '\n',
+            '\r',
+            '\u{1f}',
+            ' ',
+            '"',
+            '\\',
+            '\u{7f}',
+            '\u{d7ff}',
+            '\u{e000}',
+            '\u{fffd}',
+            '\u{fffe}',
+            '\u{ffff}',
+            '\u{10000}',
+            '\u{10ffff}',
+        ]
+        .iter()
+        .collect();
+        let mut e = sample()?;
+        e.hikmah = format!("Patience {awkward} relief");
+        e.question = Some(awkward.clone());
+        e.elaboration = awkward.repeat(3);
+        let body = e.to_body();
+        let bad: Vec<String> = body
+            .chars()
+            .filter(|c| !sqs_allows(*c))
+            .map(|c| format!("U+{:04X}", u32::from(c)))
+            .collect();
+        assert!(bad.is_empty(), "characters SQS rejects: {bad:?}");
+        assert_eq!(ElaborationCompleted::parse(&body)?, e);
+        Ok(())
+    }
+
+    #[test]
+    fn sqs_allows_exactly_its_documented_set() {
+        for c in [
+            '\t',
+            '\n',
+            '\r',
+            ' ',
+            '\u{d7ff}',
+            '\u{e000}',
+            '\u{fffd}',
+            '\u{10000}',
+        ] {
+            assert!(sqs_allows(c), "U+{:04X}", u32::from(c));
+        }
+        for c in ['\u{0}', '\u{8}', '\u{b}', '\u{1f}', '\u{fffe}', '\u{ffff}'] {
+            assert!(!sqs_allows(c), "U+{:04X}", u32::from(c));
+        }
     }
 
     #[test]

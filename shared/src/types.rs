@@ -11,15 +11,16 @@ pub const EMBEDDING_DIM: usize = 384;
 /// Why a value could not be turned into a domain type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidValue {
-    /// The user id is empty, too long or has characters outside `[A-Za-z0-9_.@:-]`.
-    #[error("user_id must be 1 to {max} characters of A-Z a-z 0-9 _ . @ : -", max = UserId::MAX_LEN)]
+    /// The user id is empty, too long or has characters outside `[A-Za-z0-9_.@:+=,-]`.
+    #[error("user_id must be 1 to {max} characters of A-Z a-z 0-9 _ . @ : + = , -", max = UserId::MAX_LEN)]
     UserId,
     /// An embedding does not have [`EMBEDDING_DIM`] finite components.
     #[error("an embedding must have {EMBEDDING_DIM} finite components, got {0}")]
     Embedding(String),
 }
 
-/// A user's identity: 1..=128 characters of `[A-Za-z0-9_.@:-]`.
+/// A user's identity: 1..=128 characters of `[A-Za-z0-9_.@:+=,-]`. `+ = ,` are there because
+/// IAM role session names may hold them, and a role caller's id is `AROA…:<session name>`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct UserId(String);
@@ -33,7 +34,8 @@ impl UserId {
         let ok = !raw.is_empty()
             && raw.len() <= Self::MAX_LEN
             && raw.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b':' | b'-')
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'_' | b'.' | b'@' | b':' | b'-' | b'+' | b'=' | b',')
             });
         if ok {
             Ok(Self(raw.to_owned()))
@@ -161,6 +163,8 @@ mod tests {
     #[test]
     fn user_id_accepts_the_contract_alphabet_and_rejects_the_rest() {
         assert!(UserId::parse("u-123_a.b@c:d").is_ok());
+        // An IAM role caller whose session name uses every character IAM allows in one.
+        assert!(UserId::parse("AROAEXAMPLEID:jane+ops=admin,eu@corp.example_1-2").is_ok());
         assert!(UserId::parse(&"a".repeat(128)).is_ok());
         assert!(UserId::parse("").is_err());
         assert!(UserId::parse(&"a".repeat(129)).is_err());

@@ -50,6 +50,9 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// Longest wait for one invocation's reply.
+const INVOKE_LIMIT: Duration = Duration::from_secs(180);
+
 /// A running emulator with one function binary attached.
 #[derive(Debug)]
 pub struct LambdaWatch {
@@ -139,7 +142,24 @@ impl LambdaWatch {
     /// Invokes the function with the JSON in `data_file` through `cargo lambda invoke`; returns
     /// the function's JSON response, or panics with the emulator log.
     pub fn invoke_file(&self, data_file: &Path) -> serde_json::Value {
-        let out = Command::new(cargo_lambda())
+        self.try_invoke_file(data_file)
+            .unwrap_or_else(|problem| panic!("{problem}"))
+    }
+
+    /// [`LambdaWatch::invoke_file`] that returns a failed invocation (the function crashed or
+    /// returned an error) as `Err` with the invoke output and the emulator log.
+    pub fn try_invoke_file(&self, data_file: &Path) -> Result<serde_json::Value, String> {
+        // Output goes to files (a full pipe would block the invoke); the invoke is abandoned
+        // when the function process dies, since the emulator would wait for it for ever.
+        let base = std::env::temp_dir().join(format!(
+            "hikmah-invoke-out-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let (out_path, err_path) = (base.with_extension("out"), base.with_extension("err"));
+        let file = |p: &Path| {
+            std::fs::File::create(p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()))
+        };
+        let mut invoke = Command::new(cargo_lambda())
             .args([
                 "lambda",
                 "invoke",
@@ -156,31 +176,87 @@ impl LambdaWatch {
             .arg("--data-file")
             .arg(data_file)
             .current_dir(workspace_root())
-            .output()
+            .stdin(Stdio::null())
+            .stdout(file(&out_path))
+            .stderr(file(&err_path))
+            .spawn()
             .unwrap_or_else(|e| panic!("cargo lambda invoke: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "cargo lambda invoke failed: {}\n{stdout}\n--- emulator log ---\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!(
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = invoke.try_wait().ok().flatten() {
+                break Some(status);
+            }
+            if !self.function_alive() || started.elapsed() > INVOKE_LIMIT {
+                // Give a reply already on its way a moment, then give up.
+                std::thread::sleep(Duration::from_millis(500));
+                if let Some(status) = invoke.try_wait().ok().flatten() {
+                    break Some(status);
+                }
+                let _ = invoke.kill();
+                let _ = invoke.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
+        let _ = std::fs::remove_file(&err_path);
+        match status {
+            None => {
+                return Err(format!(
+                    "no reply: the function process {} (after {:?})\n--- emulator log ---\n{}",
+                    if self.function_alive() {
+                        "is alive but did not answer"
+                    } else {
+                        "exited"
+                    },
+                    started.elapsed(),
+                    self.log()
+                ))
+            }
+            Some(status) if !status.success() => {
+                return Err(format!(
+                    "cargo lambda invoke failed: {stderr}\n{stdout}\n--- emulator log ---\n{}",
+                    self.log()
+                ))
+            }
+            Some(_) => {}
+        }
+        serde_json::from_str(stdout.trim()).map_err(|e| {
+            format!(
                 "invoke output is not JSON ({e}): {stdout}\n--- emulator log ---\n{}",
                 self.log()
             )
         })
     }
 
+    /// Whether the function process is still running (not exited, not a zombie).
+    fn function_alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.function.id()))
+            .map(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next())
+                    .is_some_and(|state| state != 'Z' && state != 'X')
+            })
+            .unwrap_or(false)
+    }
+
     /// Writes `payload` to a temporary file and invokes the function with it.
     pub fn invoke_json(&self, payload: &str) -> serde_json::Value {
+        self.try_invoke_json(payload)
+            .unwrap_or_else(|problem| panic!("{problem}"))
+    }
+
+    /// [`LambdaWatch::invoke_json`] returning a failed invocation as `Err`.
+    pub fn try_invoke_json(&self, payload: &str) -> Result<serde_json::Value, String> {
         let file = std::env::temp_dir().join(format!(
             "hikmah-invoke-{}.json",
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::write(&file, payload).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
-        let result = self.invoke_file(&file);
+        let result = self.try_invoke_file(&file);
         let _ = std::fs::remove_file(&file);
         result
     }

@@ -36,6 +36,16 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Listens on a free 127.0.0.1 port and forwards to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Self {
+        Self::start_inner(upstream, false).await
+    }
+
+    /// Like [`TcpProxy::start`], but drops the `options` parameter from each connection's
+    /// startup packet, as RDS Proxy does: session settings sent there never reach the server.
+    pub async fn start_stripping_startup_options(upstream: SocketAddr) -> Self {
+        Self::start_inner(upstream, true).await
+    }
+
+    async fn start_inner(upstream: SocketAddr, strip_options: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("proxy bind: {e}"));
@@ -59,7 +69,7 @@ impl TcpProxy {
                         });
                     }
                     Mode::Open => {
-                        tokio::spawn(forward(client, upstream, rx));
+                        tokio::spawn(forward(client, upstream, rx, strip_options));
                     }
                 }
             }
@@ -106,10 +116,22 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn forward(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    strip_options: bool,
+) {
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
+    if strip_options
+        && strip_startup_options(&mut client, &mut server)
+            .await
+            .is_err()
+    {
+        return;
+    }
     let left = tokio::select! {
         _ = copy_bidirectional(&mut client, &mut server) => Mode::Open,
         left = async {
@@ -127,6 +149,40 @@ async fn forward(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::R
         let _ = mode.changed().await;
     }
     // Dropping both sockets closes them: the client sees its connection die.
+}
+
+/// Reads the client's startup packet and sends it on without its `options` parameter.
+async fn strip_startup_options(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let len = client.read_u32().await? as usize;
+    let mut body = vec![0u8; len.saturating_sub(4)];
+    client.read_exact(&mut body).await?;
+    const PROTOCOL_3: [u8; 4] = 196_608u32.to_be_bytes();
+    if body.len() < 4 || body[..4] != PROTOCOL_3 {
+        // Not a plain startup packet (an SSL request, say): pass it on as it is.
+        server.write_u32(len as u32).await?;
+        return server.write_all(&body).await;
+    }
+    let mut out = PROTOCOL_3.to_vec();
+    let mut fields = body[4..].split(|b| *b == 0);
+    while let Some(key) = fields.next() {
+        if key.is_empty() {
+            break;
+        }
+        let value = fields.next().unwrap_or_default();
+        if key != b"options" {
+            out.extend_from_slice(key);
+            out.push(0);
+            out.extend_from_slice(value);
+            out.push(0);
+        }
+    }
+    out.push(0);
+    server.write_u32(out.len() as u32 + 4).await?;
+    server.write_all(&out).await
 }
 
 /// The `host:port` of a `postgres://` URL (for the proxy's upstream).

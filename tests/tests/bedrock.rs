@@ -107,3 +107,21 @@ async fn a_silent_bedrock_fails_with_the_idle_timeout() {
         "fails at the idle timeout, not later"
     );
 }
+
+#[tokio::test]
+async fn max_tokens_is_sent_as_the_inference_configuration() {
+    let fake = FakeBedrock::start(BedrockScript::Stream {
+        texts: vec!["Patience.".to_owned()],
+        pause: Duration::from_millis(10),
+    })
+    .await;
+    let provider = provider(&fake, Duration::from_secs(5))
+        .await
+        .with_max_tokens(77);
+    let mut stream = provider.stream(prompt());
+    while let Some(delta) = stream.next().await {
+        delta.unwrap();
+    }
+    let (_, body) = &fake.requests()[0];
+    assert_eq!(body["inferenceConfig"]["maxTokens"], 77, "{body}");
+}

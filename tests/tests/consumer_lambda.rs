@@ -12,9 +12,8 @@ fn event(user: &str, hikmah: &str) -> ElaborationCompleted {
     hikmah_tests::events::event(user, hikmah, None)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_binary_under_the_lambda_emulator_reports_exactly_the_failed_records() {
-    let tdb = TestDb::new().await;
+/// The function's environment: the test database, the model, two records at once.
+fn consumer_env(tdb: &TestDb, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let model = embed_config();
     let mut env = tdb.env_pairs();
     env.extend([
@@ -29,6 +28,95 @@ async fn the_binary_under_the_lambda_emulator_reports_exactly_the_failed_records
         ("POOL_MAX_SIZE".to_owned(), "2".to_owned()),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    env
+}
+
+/// Run against the binary `cargo lambda build --release` makes (scripts/test.sh points
+/// `HIKMAH_BIN_DIR` at it for a second run of this module): that build decides the panic strategy
+/// from the workspace's release profile, and with `panic = "abort"` (cargo-lambda's default when
+/// the workspace does not say) the whole process dies and every record of the batch is retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_record_fails_alone_in_the_binary_under_the_lambda_emulator() {
+    let tdb = TestDb::new().await;
+    let env = consumer_env(&tdb, &[("HIKMAH_FAULT_INJECTION", "panic-on:BOOM")]);
+    let watch = tokio::task::spawn_blocking(move || {
+        LambdaWatch::start("memory-consumer", "memory-consumer", &env)
+    })
+    .await
+    .unwrap();
+    let records = vec![
+        (
+            "m-1".to_owned(),
+            event("user-a", "Fine wisdom one.").to_body(),
+        ),
+        ("m-2".to_owned(), event("user-a", "BOOM wisdom.").to_body()),
+        (
+            "m-3".to_owned(),
+            event("user-b", "Fine wisdom two.").to_body(),
+        ),
+    ];
+    let payload = sqs_event_json(&records, STANDARD_ARN);
+    let (watch, response) = tokio::task::spawn_blocking(move || {
+        let r = watch.try_invoke_json(&payload);
+        (watch, r)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        response,
+        Ok(serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m-2"}]})),
+        "emulator log:\n{}",
+        watch.log()
+    );
+    let applied: i64 = tdb
+        .admin()
+        .await
+        .query_one("SELECT count(*) FROM processed_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 2);
+    // The process survived the panic: a second invocation is served by the same environment.
+    let payload = sqs_event_json(
+        &[(
+            "m-4".to_owned(),
+            event("user-c", "After the panic.").to_body(),
+        )],
+        STANDARD_ARN,
+    );
+    let (watch, response) = tokio::task::spawn_blocking(move || {
+        let r = watch.try_invoke_json(&payload);
+        (watch, r)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        response,
+        Ok(serde_json::json!({"batchItemFailures": []})),
+        "{}",
+        watch.log()
+    );
+    assert_eq!(
+        watch.log().matches("memory-consumer initialised").count(),
+        1,
+        "{}",
+        watch.log()
+    );
+    tokio::task::spawn_blocking(move || drop(watch))
+        .await
+        .unwrap();
+    tdb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_under_the_lambda_emulator_reports_exactly_the_failed_records() {
+    let tdb = TestDb::new().await;
+    let env = consumer_env(&tdb, &[]);
     let watch = tokio::task::spawn_blocking(move || {
         LambdaWatch::start("memory-consumer", "memory-consumer", &env)
     })

@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::Duration;
+
+use hikmah_tests::secrets_extension::FakeExtension;
 use shared::config::{DbConfig, Env};
 use shared::db::{Db, DbError};
 
@@ -91,6 +94,11 @@ fn make_certs(dir: &Path, ca: &str) {
 
 impl TlsCluster {
     fn start() -> Self {
+        Self::start_with_hba("")
+    }
+
+    /// Like [`TlsCluster::start`], with `hba` lines placed before the catch-all trust entry.
+    fn start_with_hba(hba: &str) -> Self {
         let bindir = pg_bindir();
         let dir = std::env::temp_dir().join(format!(
             "hikmah-tls-{}-{}",
@@ -151,7 +159,7 @@ impl TlsCluster {
         // Only TLS connections are accepted over TCP.
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            format!("local all all trust\n{hba}hostssl all all 127.0.0.1/32 trust\n"),
         )
         .unwrap();
         if is_root() {
@@ -248,4 +256,160 @@ async fn tls_connections_to_a_server_that_requires_tls() {
     let db = pool(&cluster.url("127.0.0.1", "disable"), None).unwrap();
     let err = session_is_encrypted(&db).await.unwrap_err();
     assert!(err.to_string().contains("sslmode=require"), "{err}");
+}
+
+const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hikmah-db-AbCdEf";
+
+fn rds_secret(port: u16, password: &str) -> String {
+    serde_json::json!({
+        "engine": "postgres", "host": "127.0.0.1", "port": port,
+        "username": "app", "password": password, "dbname": "postgres",
+    })
+    .to_string()
+}
+
+fn secret_config(fake: &FakeExtension, extra: &[(&str, &str)]) -> DbConfig {
+    let mut pairs = fake.env_pairs(ARN);
+    pairs.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    DbConfig::from_env(&Env::from_pairs(pairs), 2).unwrap()
+}
+
+/// A TLS cluster where the role `app` logs in with a password, as on RDS.
+async fn cluster_with_app_role(password: &str) -> (TlsCluster, tokio_postgres::Client) {
+    let cluster = tokio::task::spawn_blocking(|| {
+        TlsCluster::start_with_hba("hostssl all app 127.0.0.1/32 scram-sha-256\n")
+    })
+    .await
+    .unwrap();
+    let tls = shared::db::tls::MakeRustls::new(shared::db::tls::client_config(None).unwrap());
+    let (client, connection) = tokio_postgres::connect(&cluster.url("127.0.0.1", "require"), tls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE ROLE app LOGIN PASSWORD '{password}'"))
+        .await
+        .unwrap();
+    (cluster, client)
+}
+
+async fn select_one(db: &Db) -> Result<i32, DbError> {
+    db.run(|conn| async move { Ok::<_, DbError>(conn.query_one("SELECT 1", &[]).await?.get(0)) })
+        .await
+}
+
+#[tokio::test]
+async fn a_rotated_password_is_read_again_from_the_secret_on_the_next_login() {
+    let (cluster, admin) = cluster_with_app_role("first-password").await;
+    let fake = FakeExtension::start(&rds_secret(cluster.port, "first-password")).await;
+    let db = Db::connect(&secret_config(&fake, &[])).await.unwrap();
+    assert_eq!(select_one(&db).await.unwrap(), 1);
+
+    // Secrets Manager rotates the password; the extension still caches the old one.
+    admin
+        .batch_execute("ALTER ROLE app PASSWORD 'second-password'")
+        .await
+        .unwrap();
+    fake.rotate(&rds_secret(cluster.port, "second-password"));
+    // The environment was frozen long enough for its connections to go.
+    db.pool().retain(|_, _| false);
+
+    assert_eq!(select_one(&db).await.unwrap(), 1);
+    let (_, refreshes) = fake.counts();
+    assert_eq!(
+        refreshes, 1,
+        "the secret was read again, bypassing the extension's cache"
+    );
+    // Later connections use the new password without asking again.
+    db.pool().retain(|_, _| false);
+    assert_eq!(select_one(&db).await.unwrap(), 1);
+    assert_eq!(fake.counts().1, 1);
+    drop(admin);
+}
+
+#[tokio::test]
+async fn init_waits_for_a_secrets_extension_that_is_not_listening_yet() {
+    let (cluster, admin) = cluster_with_app_role("pw").await;
+    // Registered, but listening only 1.5 s after the runtime started.
+    let fake =
+        FakeExtension::start_after(Duration::from_millis(1500), &rds_secret(cluster.port, "pw"))
+            .await;
+    let db = Db::connect(&secret_config(
+        &fake,
+        &[("SECRETS_EXTENSION_WAIT_MS", "10000")],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(select_one(&db).await.unwrap(), 1);
+
+    // Within a budget: an extension that never comes fails init after it, saying why.
+    let never = FakeExtension::start_after(Duration::from_secs(3600), "{}").await;
+    let started = std::time::Instant::now();
+    let err = Db::connect(&secret_config(
+        &never,
+        &[("SECRETS_EXTENSION_WAIT_MS", "1000")],
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.to_string().contains("SECRETS_EXTENSION_WAIT_MS"),
+        "{err}"
+    );
+    drop(admin);
+}
+
+#[tokio::test]
+async fn an_unverified_connection_refuses_a_cleartext_password_request_and_scram_binds_to_the_channel(
+) {
+    let cluster = tokio::task::spawn_blocking(|| {
+        TlsCluster::start_with_hba(
+            "hostssl all clear 127.0.0.1/32 password\nhostssl all app 127.0.0.1/32 scram-sha-256\n",
+        )
+    })
+    .await
+    .unwrap();
+    let tls = shared::db::tls::MakeRustls::new(shared::db::tls::client_config(None).unwrap());
+    let (admin, connection) = tokio_postgres::connect(&cluster.url("127.0.0.1", "require"), tls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(
+            "CREATE ROLE clear LOGIN PASSWORD 'pw1'; CREATE ROLE app LOGIN PASSWORD 'pw2';",
+        )
+        .await
+        .unwrap();
+    let url = |user: &str, pw: &str, host: &str, extra: &str| {
+        format!(
+            "postgres://{user}:{pw}@{host}:{}/postgres?sslmode=require{extra}",
+            cluster.port
+        )
+    };
+    let ca = cluster.dir.join("ca.crt");
+
+    // Unverified (no root bundle): whoever answers may be in the middle, so no cleartext password.
+    let db = pool(&url("clear", "pw1", "127.0.0.1", ""), None).unwrap();
+    let err = session_is_encrypted(&db).await.unwrap_err();
+    assert!(err.to_string().contains("clear text"), "{err}");
+    // Verified against the CA: the server is who it says, the password may go.
+    let db = pool(&url("clear", "pw1", "localhost", ""), Some(&ca)).unwrap();
+    assert!(session_is_encrypted(&db).await.unwrap());
+
+    // SCRAM with channel binding (tls-server-end-point), required by the client.
+    let db = pool(
+        &url("app", "pw2", "127.0.0.1", "&channel_binding=require"),
+        None,
+    )
+    .unwrap();
+    assert!(session_is_encrypted(&db).await.unwrap());
+    drop(admin);
 }

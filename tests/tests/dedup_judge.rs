@@ -18,7 +18,7 @@ use hikmah_tests::pg::TestDb;
 use hikmah_tests::sqs::{sqs_event_json, STANDARD_ARN};
 use memory_consumer::{handle_batch, BatchReport, Consumer};
 use shared::aws::AwsConfig;
-use shared::config::{Env, JudgeConfig};
+use shared::config::{Env, GenerationLimits, JudgeConfig};
 use shared::events::ElaborationCompleted;
 use shared::memory::dedup::DedupPolicy;
 use shared::memory::judge::{Judge, SYSTEM};
@@ -66,7 +66,9 @@ async fn judged_consumer(tdb: &TestDb, fake: &FakeLlm, extra: &[(&str, &str)]) -
     let cfg = JudgeConfig::from_env(&Env::from_pairs(judge_env(fake, extra)))
         .unwrap()
         .expect("DEDUP_JUDGE=llm");
-    let judge = Judge::from_config(&cfg, &AwsConfig::new()).await.unwrap();
+    let judge = Judge::from_config(&cfg, &GenerationLimits::default(), &AwsConfig::new())
+        .await
+        .unwrap();
     let db = tdb.db().await;
     let policy = DedupPolicy::default();
     let service = MemoryService::postgres(db.clone(), embedder(), policy).with_judge(judge, policy);

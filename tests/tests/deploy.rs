@@ -222,3 +222,122 @@ async fn migrate_on_deploy_answers_cloudformation_through_the_lambda_runtime_pro
     drop(watch);
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_panic_during_migrations_is_answered_as_failed_not_left_unanswered() {
+    let (url, mut rx) = response_url().await;
+    let deadline = SystemTime::now() + Duration::from_secs(60);
+    let http = reqwest::Client::new();
+    migrate_on_deploy::handle_with(request("Create", &url), deadline, &http, |_| async {
+        if std::hint::black_box(true) {
+            panic!("a bug in a migration step");
+        }
+        Ok(HashMap::new())
+    })
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply["Status"], "FAILED", "{reply}");
+    let reason = reply["Reason"].as_str().unwrap();
+    assert!(reason.contains("a bug in a migration step"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_migration_blocked_by_a_lock_is_abandoned_by_the_server_before_cloudformation_hears_failed(
+) {
+    let db = TestDb::new().await;
+    // Another session holds the migrators' lock (as a stuck migrator or a long DDL would hold a
+    // table lock) and does not let go.
+    let blocker = db.admin().await;
+    blocker.batch_execute("BEGIN").await.unwrap();
+    blocker
+        .execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&shared::db::MIGRATION_LOCK_KEY],
+        )
+        .await
+        .unwrap();
+    let blocker_pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let (url, mut rx) = response_url().await;
+    // 10 s left: the function allows the migrations half of it and then reports FAILED.
+    let deadline = SystemTime::now() + Duration::from_secs(10);
+    let http = reqwest::Client::new();
+    migrate_on_deploy::handle(request("Update", &url), deadline, &db.env(), &http)
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply["Status"], "FAILED", "{reply}");
+
+    // CloudFormation has been told: nothing of the migrator may still be waiting on the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = db.admin().await;
+    let waiting: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> $1 AND wait_event_type = 'Lock'",
+            &[&blocker_pid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        waiting, 0,
+        "a migrator session is still queued for a lock after FAILED was sent"
+    );
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    drop((blocker, admin));
+    db.cleanup().await;
+}
+
+/// The `Default:` of a template parameter, read from template.yaml's text.
+fn template_default(parameter: &str) -> String {
+    let template =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"))
+            .unwrap();
+    let block = template
+        .split_once(&format!("\n  {parameter}:\n"))
+        .unwrap_or_else(|| panic!("no parameter {parameter}"))
+        .1;
+    block
+        .lines()
+        .take_while(|l| l.starts_with("    "))
+        .find_map(|l| l.trim().strip_prefix("Default:"))
+        .unwrap_or_else(|| panic!("{parameter} has no Default"))
+        .trim()
+        .trim_matches('"')
+        .to_owned()
+}
+
+#[test]
+fn the_default_connection_budget_is_bounded_for_both_functions() {
+    let consumer: u32 = template_default("ConsumerMaxConcurrency").parse().unwrap();
+    let pool: u32 = template_default("PoolSize").parse().unwrap();
+    let elaborate: u32 = template_default("ElaborateReservedConcurrency")
+        .parse()
+        .unwrap();
+    assert!(
+        elaborate > 0,
+        "elaborate's concurrency (hence connections) is unbounded by default"
+    );
+    let total = consumer * pool + elaborate + 1;
+    assert!(total <= 25, "{total} connections by default");
+    let deploy = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/deploy.md"),
+    )
+    .unwrap();
+    assert!(
+        deploy.contains(&format!("= {total} with the defaults")),
+        "docs/deploy.md states the default budget"
+    );
+}

@@ -1022,3 +1022,274 @@ async fn an_unreachable_provider_is_a_502_naming_it() {
     );
     assert!(h.messages().await.is_empty());
 }
+
+/// Sends one request on a fresh connection and reads the response head and body; then reports
+/// whether the server closed the connection right after it.
+async fn raw_exchange(base: &str, content_type: &str, body: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {ENDPOINT} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (and stop reading) before the whole body is sent.
+    let _ = tcp.write_all(body).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let (head, body_len) = loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before a response head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            break (head, end + 4 + len);
+        }
+    };
+    while got.len() < body_len {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the whole response body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let closed = matches!(
+        tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    );
+    (head, closed)
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closes_after_an_early_error_is_announced_with_connection_close() {
+    let h = harness(Options::default()).await;
+    let too_large = format!(
+        "{{\"user_id\":\"u\",\"hikmah\":\"{}\"}}",
+        "x".repeat(200 * 1024)
+    );
+    for (what, content_type, body) in [
+        ("413", "application/json", too_large.as_bytes()),
+        ("415", "text/plain", &b"hikmah"[..]),
+        ("400", "application/json", &b"{not json"[..]),
+    ] {
+        let (head, closed) = raw_exchange(&h.base, content_type, body).await;
+        if closed {
+            assert!(
+                head.contains("\r\nconnection: close"),
+                "{what}: the server closed the connection without saying so:\n{head}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_hikmah_with_characters_sqs_rejects_is_published_escaped_and_reads_back_unchanged() {
+    let h = harness(Options::default()).await;
+    let hikmah = "Patience\u{fffe} is the key\u{ffff} to relief.";
+    let received = read_sse(
+        h.post(ENDPOINT, json!({"user_id": "u-nonchar", "hikmah": hikmah}))
+            .await,
+    )
+    .await;
+    assert!(
+        events(&received).iter().any(|(name, _)| name == "done"),
+        "{:?}",
+        events(&received)
+    );
+    let messages = h.messages().await;
+    assert_eq!(messages.len(), 1);
+    let body = messages[0].body().unwrap();
+    assert!(
+        body.chars().all(shared::events::sqs_allows),
+        "the body holds characters SQS rejects: {body:?}"
+    );
+    assert_eq!(ElaborationCompleted::parse(body).unwrap().hikmah, hikmah);
+}
+
+#[tokio::test]
+async fn the_configured_max_tokens_is_sent_to_an_openai_compatible_provider() {
+    let fake = FakeLlm::start(Script::chunks(&["Patience."], Duration::ZERO)).await;
+    let env = Env::from_pairs([
+        ("LLM_PROVIDER", "openai"),
+        ("OPENAI_BASE_URL", fake.base_url().as_str()),
+        ("LLM_MAX_TOKENS", "77"),
+    ]);
+    let limits = shared::config::GenerationLimits::from_env(&env).unwrap();
+    let provider = shared::llm::from_config(
+        &shared::config::LlmConfig::from_env(&env).unwrap(),
+        &limits,
+        &shared::aws::AwsConfig::new(),
+    )
+    .await
+    .unwrap();
+    let mut stream = provider.stream(shared::llm::Prompt {
+        system: "s".into(),
+        user: "u".into(),
+        hikmah: "h".into(),
+        question: None,
+        notes_used: 0,
+    });
+    while let Some(delta) = stream.next().await {
+        delta.unwrap();
+    }
+    assert_eq!(fake.requests()[0]["max_tokens"], 77);
+}
+
+#[tokio::test]
+async fn a_generation_that_never_ends_is_cut_at_the_total_deadline_as_provider_timeout() {
+    // A chunk every 100 ms: never idle long enough for the idle timeout (2 s), never done.
+    let texts: Vec<String> = (0..600).map(|i| format!("word{i} ")).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let fake = FakeLlm::start(Script::chunks(&texts, Duration::from_millis(100))).await;
+    let provider = OpenAiProvider::with_settings(
+        &fake.base_url(),
+        None,
+        "fake-model",
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let publisher = Arc::new(SqsPublisher::new(
+        sqs().await,
+        QueueConfig {
+            url: create_queue(&sqs().await, false).await,
+        },
+    ));
+    let elaborator = Elaborator::new(
+        Arc::new(provider),
+        Arc::new(shared::elaboration::NoNotes),
+        publisher,
+        0,
+    )
+    .with_generation_deadline(Duration::from_secs(1));
+    let request =
+        shared::elaboration::ElaborateRequest::parse(br#"{"hikmah": "Patience."}"#).unwrap();
+    let started = Instant::now();
+    let mut rx = elaborator.spawn(shared::types::UserId::parse("u-slow").unwrap(), request);
+    let mut last = None;
+    while let Some(e) = rx.recv().await {
+        last = Some(e);
+    }
+    assert!(
+        matches!(
+            &last,
+            Some(shared::elaboration::StreamEvent::Error { code, message })
+                if *code == shared::error_code::ErrorCode::ProviderTimeout && message.contains("LLM_TOTAL_TIMEOUT_MS")
+        ),
+        "{last:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// The sample Function URL event (IAM auth) with the caller's `userId` and Cognito identity.
+fn function_url_iam_event(
+    user_id: &str,
+    cognito_identity_id: Option<&str>,
+    body: &Value,
+) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events/function-url-request.json");
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let iam = &mut event["requestContext"]["authorizer"]["iam"];
+    iam["userId"] = user_id.into();
+    iam["cognitoIdentity"] = match cognito_identity_id {
+        Some(id) => {
+            json!({"amr": ["authenticated"], "identityId": id, "identityPoolId": "us-east-1:pool"})
+        }
+        None => Value::Null,
+    };
+    event["body"] = body.to_string().into();
+    event["isBase64Encoded"] = false.into();
+    event.to_string()
+}
+
+/// The REST (v1) event signed by an IAM caller.
+fn apigw_v1_iam_event(user: &str, cognito_identity_id: Option<&str>, body: &Value) -> String {
+    let mut event: Value = serde_json::from_str(&apigw_v1_event("x", body)).unwrap();
+    event["requestContext"]["authorizer"] = Value::Null;
+    event["requestContext"]["identity"] = json!({
+        "sourceIp": "127.0.0.1",
+        "user": user,
+        "userArn": format!("arn:aws:sts::123456789012:assumed-role/r/{user}"),
+        "cognitoIdentityId": cognito_identity_id,
+        "cognitoAuthenticationType": cognito_identity_id.map(|_| "authenticated"),
+    });
+    event.to_string()
+}
+
+#[tokio::test]
+async fn cognito_identity_pool_callers_signing_through_one_role_are_different_users() {
+    let h = harness(Options::default()).await;
+    let body = json!({"hikmah": "Patience is the key to relief."});
+    let shared_session = "AROAEXAMPLEROLEID:CognitoIdentityCredentials";
+    let a = "us-east-1:11111111-1111-1111-1111-111111111111";
+    let b = "us-east-1:22222222-2222-2222-2222-222222222222";
+    let (status, _, text) = call_router(
+        &h,
+        false,
+        &apigw_v1_iam_event(shared_session, Some(a), &body),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let (status, _, text) = call_router(
+        &h,
+        false,
+        &function_url_iam_event(shared_session, Some(b), &body),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let mut users: Vec<String> = h
+        .messages()
+        .await
+        .iter()
+        .map(|m| {
+            ElaborationCompleted::parse(m.body().unwrap())
+                .unwrap()
+                .user_id
+                .as_str()
+                .to_owned()
+        })
+        .collect();
+    users.sort();
+    assert_eq!(users, [a, b]);
+
+    // The shared session alone identifies no one.
+    for event in [
+        apigw_v1_iam_event(shared_session, None, &body),
+        function_url_iam_event(shared_session, None, &body),
+    ] {
+        let (status, json, _) = call_router(&h, false, &event).await;
+        assert_eq!(status, 403, "{json}");
+    }
+}
+
+#[tokio::test]
+async fn an_iam_role_session_name_with_plus_equals_and_comma_is_a_user() {
+    let h = harness(Options::default()).await;
+    let user = "AROAEXAMPLEROLEID:jane+ops=admin,eu@corp.example";
+    let body = json!({"hikmah": "Patience is the key to relief."});
+    for event in [
+        apigw_v1_iam_event(user, None, &body),
+        function_url_iam_event(user, None, &body),
+    ] {
+        let (status, _, text) = call_router(&h, false, &event).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    for m in h.messages().await {
+        assert_eq!(
+            ElaborationCompleted::parse(m.body().unwrap())
+                .unwrap()
+                .user_id
+                .as_str(),
+            user
+        );
+    }
+}

@@ -872,3 +872,47 @@ async fn after_every_pooled_connection_is_terminated_the_next_units_of_work_succ
     assert_eq!(pids.len(), 3);
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn statement_timeout_applies_through_a_proxy_that_drops_the_startup_options() {
+    use hikmah_tests::proxy::{upstream_of, TcpProxy};
+    let t = TestDb::new().await;
+    // As RDS Proxy does: the `options` startup parameter never reaches the server.
+    let proxy = TcpProxy::start_stripping_startup_options(upstream_of(t.url())).await;
+    let env = Env::from_pairs([
+        ("DATABASE_URL", proxy.rewrite_url(t.url())),
+        ("DB_STATEMENT_TIMEOUT_MS", "300".to_owned()),
+    ]);
+    let db = Db::connect(&DbConfig::from_env(&env, 1).unwrap())
+        .await
+        .unwrap();
+    let shown: String = db
+        .get()
+        .await
+        .unwrap()
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "300ms");
+    let started = Instant::now();
+    let err = db
+        .get()
+        .await
+        .unwrap()
+        .simple_query("SELECT pg_sleep(3)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    db.close();
+    t.cleanup().await;
+}

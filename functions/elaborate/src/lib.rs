@@ -13,7 +13,9 @@ use axum::http::Method;
 use axum::routing::{any, delete, get, post, MethodRouter};
 use axum::Router;
 use shared::aws::AwsConfig;
-use shared::config::{ConfigError, DbConfig, ElaborateConfig, Env, LlmConfig, QueueConfig};
+use shared::config::{
+    ConfigError, DbConfig, ElaborateConfig, Env, GenerationLimits, LlmConfig, QueueConfig,
+};
 use shared::db::{Db, DbError};
 use shared::elaboration::{Elaborator, PgNotes};
 use shared::llm::LlmError;
@@ -123,7 +125,8 @@ impl AppState {
                 Db::connect_lazy(&db_config).await?
             }
         };
-        let provider = shared::llm::from_config(&llm, aws).await?;
+        let limits = GenerationLimits::from_env(env)?;
+        let provider = shared::llm::from_config(&llm, &limits, aws).await?;
         tracing::info!(
             provider = provider.name(),
             model = provider.model(),
@@ -134,7 +137,8 @@ impl AppState {
             Arc::new(PgNotes::new(db.clone())),
             publisher,
             config.memory_context_notes,
-        );
+        )
+        .with_generation_deadline(limits.total_timeout);
         Ok(Self {
             db: Some(db.clone()),
             ..Self::new(elaborator, config)
@@ -214,7 +218,8 @@ pub async fn serve_http_until(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
+    let app = router(state).layer(axum::middleware::from_fn(routes::close_after_early_error));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

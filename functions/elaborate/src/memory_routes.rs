@@ -120,7 +120,7 @@ fn caller<'s>(
             "this instance serves no memory routes (it has no memory store)",
         )
     })?;
-    let authorized = authorizer_identity(request);
+    let authorized = authorizer_identity(request)?;
     let claimed = query_pairs(request)
         .get("user_id")
         .map(|raw| {

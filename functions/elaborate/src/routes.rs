@@ -14,6 +14,30 @@ use crate::request_metrics;
 use crate::sse::{sse_response, sse_stream, to_sse, KEEPALIVE};
 use crate::{AppState, MAX_BODY_BYTES, MEMORY_ROUTE, ROUTE};
 
+/// Plain HTTP only (the local runner): an error answered to a request that carried a body may
+/// leave that body unread (a 413, a 415, a 404 for a POST), and then the server cannot reuse the
+/// connection and closes it. Saying `Connection: close` in the response lets a keep-alive client
+/// know, instead of sending its next request into a closing socket ("server disconnected").
+pub(crate) async fn close_after_early_error(
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// Any other path: a JSON 404 naming the routes.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
@@ -47,7 +71,7 @@ pub(crate) async fn elaborate(
     if let Some(db) = state.db() {
         shared::lambda::begin_invocation(db);
     }
-    let authorized = authorizer_identity(&request);
+    let authorized = authorizer_identity(&request)?;
     let (parts, body) = request.into_parts();
     check_content_type(&parts.headers)?;
     let too_large = || {

@@ -1,21 +1,27 @@
 //! The consumer's composition root: everything a batch needs, built once per execution
 //! environment and shared by every invocation.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shared::aws::AwsConfig;
 use shared::config::{
     ConfigError, DbConfig, DedupConfig, EmbedConfig, Env, ExtractorConfig, ExtractorKind,
-    JudgeConfig, LlmConfig,
+    GenerationLimits, JudgeConfig, LlmConfig,
 };
 use shared::db::{Db, DbError};
 use shared::embed::{EmbedError, Embedder};
 use shared::llm::LlmError;
+use shared::memory::decide::Decider;
 use shared::memory::dedup::DedupPolicy;
+use shared::memory::extract::{DefaultExtractor, NoteExtractor};
 use shared::memory::judge::Judge;
 use shared::memory::llm_extract::LlmExtractor;
-use shared::memory::service::MemoryService;
+use shared::memory::service::{MemoryService, TextEmbedder};
+use shared::memory::store::PgMemoryStore;
 use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
+
+use crate::fault::{Fault, PanicOnMarker, FAULT_INJECTION_VAR};
 
 /// Pool size when `POOL_MAX_SIZE` is unset = records processed at once per execution
 /// environment. The embedder is CPU-bound, so more would mostly wait; raise it with more vCPUs.
@@ -101,20 +107,35 @@ impl Consumer {
         let embedder_time = t.elapsed();
 
         let concurrency = db.pool().status().max_size;
-        let mut service = MemoryService::postgres_with_variants(
-            db.clone(),
-            embedder,
-            DedupPolicy::from(&dedup),
-            dedup.variants_max,
-        );
+        let policy = DedupPolicy::from(&dedup);
+        // One AWS configuration and one set of generation limits for every provider built here.
+        let aws = AwsConfig::new();
+        let limits = GenerationLimits::from_env(env)?;
+        let base_extractor: Arc<dyn NoteExtractor> = match Fault::from_env(env)? {
+            None => Arc::new(DefaultExtractor),
+            Some(Fault::PanicOn(marker)) => {
+                tracing::warn!(
+                    %marker,
+                    "{FAULT_INJECTION_VAR} is set: records containing the marker will panic (test hook)"
+                );
+                Arc::new(PanicOnMarker {
+                    marker,
+                    inner: Arc::new(DefaultExtractor),
+                })
+            }
+        };
+        let embedder: Arc<dyn TextEmbedder> = Arc::new(embedder);
+        let store = PgMemoryStore::new(db.clone(), Decider::new(policy, embedder.clone()))
+            .with_variants_max(dedup.variants_max);
+        let mut service = MemoryService::new(base_extractor, embedder, Arc::new(store));
         // DEDUP_JUDGE=llm: the provider is built only then.
         if let Some(judge) = &judge {
-            let judge = Judge::from_config(judge, &AwsConfig::new()).await?;
-            service = service.with_judge(judge, DedupPolicy::from(&dedup));
+            let judge = Judge::from_config(judge, &limits, &aws).await?;
+            service = service.with_judge(judge, policy);
         }
         let mut consumer = Self::new(service, db, concurrency).with_metrics(metrics);
         if let Some(llm) = &llm {
-            let provider = shared::llm::from_config(llm, &AwsConfig::new()).await?;
+            let provider = shared::llm::from_config(llm, &limits, &aws).await?;
             let extractor = LlmExtractor::new(provider, extractor.timeout);
             consumer.service = consumer.service.clone().with_llm_extractor(extractor);
         }

@@ -8,6 +8,7 @@
 //!   event source mapping does in AWS, with records built by [`sqs`].
 
 pub mod consumer;
+pub mod fault;
 pub mod handler;
 pub mod lambda;
 pub mod poller;

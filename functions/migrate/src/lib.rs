@@ -45,6 +45,10 @@ pub fn migration_budget(deadline: SystemTime, now: SystemTime) -> Duration {
     }
 }
 
+/// How much sooner than the client the server aborts a migration statement (see
+/// [`run_migrations`]).
+pub const SERVER_TIMEOUT_MARGIN: Duration = Duration::from_secs(3);
+
 /// Longest reason sent back (the whole response must stay under CloudFormation's 4 KiB).
 const MAX_REASON_CHARS: usize = 1_000;
 
@@ -140,6 +144,27 @@ pub async fn handle(
     env: &Env,
     http: &reqwest::Client,
 ) -> Result<(), RespondError> {
+    let env = env.clone();
+    handle_with(request, deadline, http, move |budget| async move {
+        run_migrations(&env, budget).await
+    })
+    .await
+}
+
+/// [`handle`] with the work of a create or update given as `work(budget)`. The work runs on
+/// its own task, so a panic in it (a bug, or a dependency's) still becomes a `FAILED` response
+/// instead of an invocation that ends without one (CloudFormation would wait for the
+/// resource's `ServiceTimeout`).
+pub async fn handle_with<W, Fut>(
+    request: Request,
+    deadline: SystemTime,
+    http: &reqwest::Client,
+    work: W,
+) -> Result<(), RespondError>
+where
+    W: FnOnce(Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<HashMap<String, String>, String>> + Send + 'static,
+{
     let info = RequestInfo::of(&request);
     let budget = migration_budget(deadline, SystemTime::now());
     tracing::info!(
@@ -149,7 +174,18 @@ pub async fn handle(
         "custom resource request"
     );
     let outcome = match info.kind {
-        "Create" | "Update" => run_migrations(env, budget).await,
+        "Create" | "Update" => match tokio::spawn(work(budget)).await {
+            Ok(outcome) => outcome,
+            Err(join) => Err(if join.is_panic() {
+                format!(
+                    "the migration code panicked ({}): nothing was committed; this is a bug, \
+                     report it with the function's logs",
+                    panic_message(join.into_panic())
+                )
+            } else {
+                "the migration task was cancelled (the function is shutting down)".to_owned()
+            }),
+        },
         _ => Ok(HashMap::from([(
             "Skipped".to_owned(),
             "delete keeps the database as it is".to_owned(),
@@ -162,15 +198,32 @@ pub async fn handle(
     respond(http, &info, outcome).await
 }
 
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
 /// Connects with the function's configuration and applies pending migrations within `budget`.
 pub async fn run_migrations(
     env: &Env,
     budget: Duration,
 ) -> Result<HashMap<String, String>, String> {
+    let started = std::time::Instant::now();
     let work = async {
         let cfg = DbConfig::from_env(env, 1).map_err(|e| e.to_string())?;
         let db = Db::connect(&cfg).await.map_err(|e| e.to_string())?;
-        let report = db::migrate(&db).await.map_err(|e| e.to_string());
+        // The server gives up on a blocked statement before this function gives up on the
+        // server: otherwise a DDL waiting for a lock would keep queueing every query on its table
+        // behind it after CloudFormation was told FAILED.
+        let server_budget = budget.saturating_sub(started.elapsed() + SERVER_TIMEOUT_MARGIN);
+        let report = db::migrate_within(&db, server_budget)
+            .await
+            .map_err(|e| e.to_string());
         db.close();
         let report = report?;
         let applied: Vec<String> = report

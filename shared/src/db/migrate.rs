@@ -40,11 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
 pub const LATEST_SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// Advisory lock key serialising migrators ("hikmah_m" as ASCII).
-const MIGRATION_LOCK_KEY: i64 = 0x6869_6b6d_6168_5f6d;
+pub const MIGRATION_LOCK_KEY: i64 = 0x6869_6b6d_6168_5f6d;
 
-/// Longest a migration may run (the pool's `statement_timeout` is for requests, not DDL), including
-/// waiting for another migrator's lock.
-const MIGRATION_STATEMENT_TIMEOUT: &str = "10min";
+/// Longest [`migrate`] may run (the pool's `statement_timeout` is for requests, not DDL),
+/// including waiting for another migrator's lock, when the caller has no tighter budget.
+pub const DEFAULT_MIGRATION_BUDGET: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,15 +55,33 @@ pub struct MigrationReport {
     pub version: i64,
 }
 
-/// Applies every pending migration in one transaction, under an advisory lock.
+/// Applies every pending migration in one transaction, under an advisory lock, within
+/// [`DEFAULT_MIGRATION_BUDGET`].
 pub async fn migrate(db: &Db) -> Result<MigrationReport, DbError> {
+    migrate_within(db, DEFAULT_MIGRATION_BUDGET).await
+}
+
+/// [`migrate`] where the server itself aborts (and rolls back) whatever is still running or
+/// waiting for a lock once `budget` has passed: before each statement the session's
+/// `statement_timeout` and `lock_timeout` are set to the time left. A caller that gives up at
+/// its own deadline (the deploy custom resource) passes a budget that ends before it, so no
+/// blocked DDL outlives it.
+pub async fn migrate_within(
+    db: &Db,
+    budget: std::time::Duration,
+) -> Result<MigrationReport, DbError> {
+    let deadline = std::time::Instant::now() + budget;
+    let limit = move || {
+        // 0 would mean "no timeout": keep at least 1 ms.
+        let left = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .as_millis()
+            .max(1);
+        format!("SET LOCAL statement_timeout = {left}; SET LOCAL lock_timeout = {left};")
+    };
     db.run(|mut conn| async move {
         let tx = conn.transaction().await?;
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = '{MIGRATION_STATEMENT_TIMEOUT}';
-             SET LOCAL lock_timeout = '{MIGRATION_STATEMENT_TIMEOUT}';"
-        ))
-        .await?;
+        tx.batch_execute(&limit()).await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
             .await?;
         tx.batch_execute(
@@ -86,6 +104,7 @@ pub async fn migrate(db: &Db) -> Result<MigrationReport, DbError> {
         };
         for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
             let step = async {
+                tx.batch_execute(&limit()).await?;
                 tx.batch_execute(m.sql).await?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",

@@ -43,7 +43,8 @@ mod migrate;
 pub mod tls;
 
 pub use migrate::{
-    migrate, schema_version, Migration, MigrationReport, LATEST_SCHEMA_VERSION, MIGRATIONS,
+    migrate, migrate_within, schema_version, Migration, MigrationReport, DEFAULT_MIGRATION_BUDGET,
+    LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATION_LOCK_KEY,
 };
 
 /// A pooled connection, as handed to a unit of work by [`Db::run`].
@@ -269,11 +270,14 @@ fn describe(err: &tokio_postgres::Error) -> String {
 /// The pool and what it needs to report errors: cheap to clone, share it across tasks.
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool,
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    /// Replaced (never mutated) when the credentials are re-read from the secret.
+    pool: std::sync::RwLock<Pool>,
+    /// What re-reading the credentials needs, when they come from a secret.
+    secret: Option<SecretRefresh>,
     target: String,
     max_age: Duration,
     connect_timeout: Duration,
@@ -281,9 +285,19 @@ struct Inner {
     recycle_timeout: Duration,
 }
 
+/// Rebuilding the pool with fresh credentials after a failed login (a rotated password).
+struct SecretRefresh {
+    source: crate::config::SecretSource,
+    cfg: DbConfig,
+    root_cert: Option<std::path::PathBuf>,
+    /// Serialises refreshes; counts them, so a task that saw the old pool fail does not refresh
+    /// again after another task already did.
+    generation: tokio::sync::Mutex<u64>,
+}
+
 impl fmt::Debug for Db {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.pool.status();
+        let status = self.pool().status();
         f.debug_struct("Db")
             .field("target", &self.inner.target)
             .field("max_size", &status.max_size)
@@ -318,11 +332,28 @@ impl Db {
                     // The parse error never contains the URL itself, but be explicit about it.
                     DbError::Config(format!("DATABASE_URL cannot be parsed ([redacted]): {e}"))
                 })?,
-            DbSource::SecretArn(arn) => {
-                let secret =
-                    crate::lambda::secrets_extension::fetch_rds_secret(arn, cfg.connect_timeout)
-                        .await?;
-                secret.to_pg_config()
+            DbSource::SecretArn(source) => {
+                let secret = crate::lambda::secrets_extension::fetch_rds_secret(
+                    source,
+                    cfg.connect_timeout,
+                    false,
+                )
+                .await?;
+                let root_cert = root_cert_from_env();
+                let mut db = Self::from_pg_config_with_root_cert(
+                    secret.to_pg_config(),
+                    cfg,
+                    root_cert.as_deref(),
+                )?;
+                if let Some(inner) = Arc::get_mut(&mut db.inner) {
+                    inner.secret = Some(SecretRefresh {
+                        source: source.clone(),
+                        cfg: cfg.clone(),
+                        root_cert,
+                        generation: tokio::sync::Mutex::new(0),
+                    });
+                }
+                return Ok(db);
             }
         };
         Self::from_pg_config(base, cfg)
@@ -332,8 +363,8 @@ impl Db {
     /// `sslmode=require`, the server certificate is verified against `PGSSLROOTCERT` when set
     /// (see [`tls`]).
     pub fn from_pg_config(pg: tokio_postgres::Config, cfg: &DbConfig) -> Result<Db, DbError> {
-        let root_cert = std::env::var_os("PGSSLROOTCERT").filter(|v| !v.is_empty());
-        Self::from_pg_config_with_root_cert(pg, cfg, root_cert.as_deref().map(Path::new))
+        let root_cert = root_cert_from_env();
+        Self::from_pg_config_with_root_cert(pg, cfg, root_cert.as_deref())
     }
 
     /// [`Db::from_pg_config`] with an explicit root certificate bundle (PEM) instead of
@@ -345,17 +376,86 @@ impl Db {
     ) -> Result<Db, DbError> {
         apply_session_settings(&mut pg, cfg);
         let target = describe_target(&pg);
+        let pool = build_pool(pg, cfg, root_cert)?;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                pool: std::sync::RwLock::new(pool),
+                secret: None,
+                target,
+                max_age: cfg.pool_max_age,
+                connect_timeout: cfg.connect_timeout,
+                wait_timeout: cfg.wait_timeout,
+                recycle_timeout: cfg.recycle_timeout,
+            }),
+        })
+    }
+
+    /// After a failed login (SQLSTATE 28P01) with credentials from a secret: reads the secret
+    /// again, bypassing the extension's cache, and replaces the pool with one using the new
+    /// password (the old pool's connections were opened with the old one and keep working until
+    /// they are dropped). Concurrent callers refresh once.
+    async fn refresh_credentials(&self, seen_generation: u64) -> Result<(), DbError> {
+        let Some(refresh) = &self.inner.secret else {
+            return Ok(());
+        };
+        let mut generation = refresh.generation.lock().await;
+        if *generation != seen_generation {
+            return Ok(());
+        }
+        let secret = crate::lambda::secrets_extension::fetch_rds_secret(
+            &refresh.source,
+            refresh.cfg.connect_timeout,
+            true,
+        )
+        .await?;
+        let mut pg = secret.to_pg_config();
+        apply_session_settings(&mut pg, &refresh.cfg);
+        let pool = build_pool(pg, &refresh.cfg, refresh.root_cert.as_deref())?;
+        let old = match self.inner.pool.write() {
+            Ok(mut current) => std::mem::replace(&mut *current, pool),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), pool),
+        };
+        old.close();
+        *generation += 1;
+        tracing::warn!(
+            target = %self.inner.target,
+            "login failed with the cached password (28P01): re-read the secret and rebuilt the pool"
+        );
+        Ok(())
+    }
+
+    fn credentials_generation(&self) -> Option<u64> {
+        let refresh = self.inner.secret.as_ref()?;
+        refresh.generation.try_lock().ok().map(|g| *g)
+    }
+}
+
+/// `PGSSLROOTCERT`, libpq's variable for the root certificate bundle.
+fn root_cert_from_env() -> Option<std::path::PathBuf> {
+    std::env::var_os("PGSSLROOTCERT")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// Builds the pool for a complete driver config (our settings already applied).
+fn build_pool(
+    pg: tokio_postgres::Config,
+    cfg: &DbConfig,
+    root_cert: Option<&Path>,
+) -> Result<Pool, DbError> {
+    {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         };
         let manager = if pg.get_ssl_mode() == SslMode::Require {
-            let tls = tls::MakeRustls::new(tls::client_config(root_cert)?);
+            let tls = tls::MakeRustls::for_root_cert(root_cert)?;
             Manager::from_config(pg, tls, manager_config)
         } else {
             // disable, or prefer (libpq's default): without a TLS connector no TLS is attempted.
             Manager::from_config(pg, NoTls, manager_config)
         };
         let max_age = cfg.pool_max_age;
+        let settings = session_settings_sql(cfg);
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_max_size)
             .runtime(Runtime::Tokio1)
@@ -373,25 +473,27 @@ impl Db {
                     Ok(())
                 }
             }))
+            .post_create(Hook::async_fn(move |client, _| {
+                let settings = settings.clone();
+                Box::pin(async move {
+                    client
+                        .batch_execute(&settings)
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|e| DbError::Config(format!("cannot build the connection pool: {e}")))?;
-        Ok(Db {
-            pool,
-            inner: Arc::new(Inner {
-                target,
-                max_age,
-                connect_timeout: cfg.connect_timeout,
-                wait_timeout: cfg.wait_timeout,
-                recycle_timeout: cfg.recycle_timeout,
-            }),
-        })
+        Ok(pool)
     }
+}
 
+impl Db {
     /// Drops pooled connections older than `POOL_MAX_AGE_SECS`; returns how many were dropped.
     pub fn drop_aged_connections(&self) -> usize {
         let max_age = self.inner.max_age;
         let removed = self
-            .pool
+            .pool()
             .retain(|_, metrics| metrics.age() <= max_age)
             .removed;
         if !removed.is_empty() {
@@ -405,8 +507,21 @@ impl Db {
 
     /// A pooled connection, verified by a round trip when reused. Prefer [`Db::run`], which
     /// also retries and keeps a connection in doubt out of the pool.
+    ///
+    /// With credentials from a secret, a login refused as `invalid_password` (28P01: the password
+    /// was rotated) re-reads the secret and tries once more with the new one.
     pub async fn get(&self) -> Result<Client, DbError> {
-        self.pool.get().await.map_err(|e| self.pool_error(e))
+        let generation = self.credentials_generation();
+        match self.pool().get().await {
+            Err(PoolError::Backend(e))
+                if generation.is_some() && e.code() == Some(&SqlState::INVALID_PASSWORD) =>
+            {
+                self.refresh_credentials(generation.unwrap_or_default())
+                    .await?;
+                self.pool().get().await.map_err(|e| self.pool_error(e))
+            }
+            other => other.map_err(|e| self.pool_error(e)),
+        }
     }
 
     /// Runs a unit of work on a pooled connection; retries it once, on a fresh connection, when
@@ -508,9 +623,13 @@ impl Db {
         }
     }
 
-    /// The underlying pool (status, resizing in tests).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The underlying pool (status, resizing in tests); the current one, if credentials were
+    /// refreshed.
+    pub fn pool(&self) -> Pool {
+        match self.inner.pool.read() {
+            Ok(pool) => pool.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// `host:port/dbname as user`, for messages (never the password).
@@ -520,7 +639,7 @@ impl Db {
 
     /// Closes the pool: waiting and future `get`s fail with [`DbError::PoolClosed`].
     pub fn close(&self) {
-        self.pool.close();
+        self.pool().close();
     }
 
     fn connect_error(&self, cause: tokio_postgres::Error) -> DbError {
@@ -577,23 +696,12 @@ impl Db {
     }
 }
 
-/// Adds our per-session settings to the driver config. Server-side settings go in the startup
-/// packet's `options`, so they cost no round trip; options already in the URL come after ours
-/// and so take precedence.
+/// Adds our connection settings to the driver config. The server-side session settings are
+/// not among them: they are sent by [`session_settings_sql`] once each connection is open,
+/// because the startup packet's `options` do not survive RDS Proxy (it drops them, so the
+/// timeouts would silently not apply).
 fn apply_session_settings(pg: &mut tokio_postgres::Config, cfg: &DbConfig) {
-    let statement_ms = cfg.statement_timeout.as_millis();
-    // A transaction left idle (a bug, or a client that died mid-transaction) must not hold
-    // locks for ever; real transactions here are short and never wait on the network.
-    let idle_tx_ms = (statement_ms * 2).max(60_000);
-    let mut options = format!(
-        "-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={idle_tx_ms}"
-    );
-    if let Some(theirs) = pg.get_options() {
-        options.push(' ');
-        options.push_str(theirs);
-    }
-    pg.options(options)
-        .application_name(&cfg.application_name)
+    pg.application_name(&cfg.application_name)
         .connect_timeout(cfg.connect_timeout)
         .keepalives(true)
         // A peer that vanished (failover, NAT timeout) is detected in ~25 s, not hours.
@@ -603,6 +711,20 @@ fn apply_session_settings(pg: &mut tokio_postgres::Config, cfg: &DbConfig) {
         // Unacknowledged writes to a vanished peer fail after this, instead of retransmitting
         // for ~15 minutes.
         .tcp_user_timeout(Duration::from_secs(25));
+}
+
+/// The session settings each new connection runs once (one round trip, at connect, never per
+/// checkout): `statement_timeout` (`DB_STATEMENT_TIMEOUT_MS`) and
+/// `idle_in_transaction_session_timeout`.
+pub fn session_settings_sql(cfg: &DbConfig) -> String {
+    let statement_ms = cfg.statement_timeout.as_millis();
+    // A transaction left idle (a bug, or a client that died mid-transaction) must not hold
+    // locks for ever; real transactions here are short and never wait on the network.
+    let idle_tx_ms = (statement_ms * 2).max(60_000);
+    format!(
+        "SET statement_timeout = {statement_ms}; \
+         SET idle_in_transaction_session_timeout = {idle_tx_ms}"
+    )
 }
 
 /// `host:port/dbname as user` (or the socket path), never the password.
@@ -658,18 +780,18 @@ mod tests {
     }
 
     #[test]
-    fn session_settings_go_in_the_startup_options_and_url_options_win(
+    fn session_settings_are_sent_after_connecting_not_in_the_startup_options(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let c = cfg("postgres://app@h/db?options=-c%20search_path%3Dx")?;
         let mut pg: tokio_postgres::Config =
             "postgres://app@h/db?options=-c%20search_path%3Dx".parse()?;
         apply_session_settings(&mut pg, &c);
-        let options = pg.get_options().ok_or("no startup options")?;
-        assert!(
-            options.starts_with("-c statement_timeout=10000 "),
-            "{options}"
+        // The URL's own options are left as they are; ours are not added to them.
+        assert_eq!(pg.get_options(), Some("-c search_path=x"));
+        assert_eq!(
+            session_settings_sql(&c),
+            "SET statement_timeout = 10000; SET idle_in_transaction_session_timeout = 60000"
         );
-        assert!(options.ends_with("-c search_path=x"), "{options}");
         assert_eq!(pg.get_application_name(), Some("hikmah"));
         assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert!(pg.get_keepalives());

@@ -5,8 +5,11 @@
 //! - `sslmode=require` (and always for a `DB_SECRET_ARN`, since that is RDS): TLS is required.
 //!   The server certificate is verified (chain and host name) when a root certificate bundle is
 //!   given in `PGSSLROOTCERT` (libpq's variable; for RDS, the region's `global-bundle.pem`),
-//!   as libpq does when a root file exists; otherwise the connection is encrypted but the
-//!   certificate is not checked, exactly like libpq's `require`.
+//!   as libpq does when a root file exists (libpq's `verify-full`); otherwise the connection is
+//!   encrypted but the certificate is not checked, like libpq's `require`, with one difference:
+//!   such an unverified connection refuses a server that asks for the password in clear text.
+//! - SCRAM uses channel binding (`tls-server-end-point`) whenever the server offers it
+//!   (`channel_binding=require` in the URL makes it mandatory).
 
 use std::future::Future;
 use std::io;
@@ -114,14 +117,25 @@ impl ServerCertVerifier for EncryptOnly {
 #[derive(Clone)]
 pub struct MakeRustls {
     config: Arc<ClientConfig>,
+    verified: bool,
 }
 
 impl MakeRustls {
-    /// Wraps a client configuration.
+    /// Wraps a client configuration that verifies the server certificate.
     pub fn new(config: ClientConfig) -> Self {
         Self {
             config: Arc::new(config),
+            verified: true,
         }
+    }
+
+    /// The connector for a root bundle or none (see [`client_config`]): without one the server
+    /// is not verified, and such a connection refuses to send a cleartext password.
+    pub fn for_root_cert(root_cert: Option<&Path>) -> Result<Self, DbError> {
+        Ok(Self {
+            config: Arc::new(client_config(root_cert)?),
+            verified: root_cert.is_some(),
+        })
     }
 }
 
@@ -143,6 +157,7 @@ where
         Ok(RustlsConnect {
             name,
             connector: tokio_rustls::TlsConnector::from(self.config.clone()),
+            verified: self.verified,
         })
     }
 }
@@ -151,6 +166,7 @@ where
 pub struct RustlsConnect {
     name: ServerName<'static>,
     connector: tokio_rustls::TlsConnector,
+    verified: bool,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -163,23 +179,60 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            Ok(RustlsStream(
-                self.connector.connect(self.name, stream).await?,
-            ))
+            Ok(RustlsStream {
+                tls: self.connector.connect(self.name, stream).await?,
+                probe: (!self.verified).then_some(AuthProbe::default()),
+            })
         })
     }
 }
 
 /// A TLS session to the server.
-pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+pub struct RustlsStream<S> {
+    tls: tokio_rustls::client::TlsStream<S>,
+    /// On an unverified session: watches the server's first message, to refuse a request for the
+    /// password in clear text (anyone in the middle could be asking).
+    probe: Option<AuthProbe>,
+}
+
+/// The first 9 bytes the server sends after the handshake: an `Authentication` message.
+#[derive(Default)]
+struct AuthProbe {
+    head: [u8; 9],
+    len: usize,
+}
+
+/// `R`, length 8, code 3: AuthenticationCleartextPassword.
+const CLEARTEXT_REQUEST: [u8; 9] = [b'R', 0, 0, 0, 8, 0, 0, 0, 3];
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.tls).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(probe)) = (&polled, this.probe.as_mut()) {
+            let new = &buf.filled()[before..];
+            let take = (probe.head.len() - probe.len).min(new.len());
+            probe.head[probe.len..probe.len + take].copy_from_slice(&new[..take]);
+            probe.len += take;
+            if probe.len == probe.head.len() || new.is_empty() {
+                let cleartext = probe.head == CLEARTEXT_REQUEST;
+                this.probe = None;
+                if cleartext {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "the server asked for the password in clear text over a TLS connection \
+                         whose certificate is not verified: refused (set PGSSLROOTCERT to the \
+                         server's CA bundle, or use scram-sha-256 on the server)",
+                    )));
+                }
+            }
+        }
+        polled
     }
 }
 
@@ -189,23 +242,85 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.tls).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.tls).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        // SCRAM channel binding is optional (`channel_binding=prefer` falls back without it).
-        ChannelBinding::none()
+        // SCRAM-SHA-256-PLUS with tls-server-end-point (RFC 5929): the hash of the server's
+        // certificate, so a SCRAM exchange cannot be relayed through another TLS session.
+        let cert = self
+            .tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first());
+        match cert.and_then(|c| server_end_point(c.as_ref())) {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// The tls-server-end-point value of a DER certificate: its hash with the certificate's own
+/// signature hash, SHA-256 when that is MD5, SHA-1 or SHA-256 (RFC 5929, section 4.1).
+fn server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    // sha384WithRSAEncryption, sha512WithRSAEncryption, ecdsa-with-SHA384, ecdsa-with-SHA512.
+    const SHA384: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
+    ];
+    const SHA512: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
+    ];
+    let oid = signature_algorithm_oid(der)?;
+    Some(if SHA384.contains(&oid) {
+        sha2::Sha384::digest(der).to_vec()
+    } else if SHA512.contains(&oid) {
+        sha2::Sha512::digest(der).to_vec()
+    } else {
+        sha2::Sha256::digest(der).to_vec()
+    })
+}
+
+/// The OID of `Certificate.signatureAlgorithm` (SEQUENCE { tbsCertificate, signatureAlgorithm,
+/// signature }), by walking the DER headers.
+fn signature_algorithm_oid(der: &[u8]) -> Option<&[u8]> {
+    /// (tag, content, rest) of the TLV at the start of `b`.
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, mut b) = b.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |acc, x| (acc << 8) | usize::from(*x));
+            b = &b[n..];
+            len
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    let (_, certificate, _) = tlv(der)?;
+    let (_, _tbs, rest) = tlv(certificate)?;
+    let (_, algorithm, _) = tlv(rest)?;
+    let (tag, oid, _) = tlv(algorithm)?;
+    (tag == 0x06).then_some(oid)
 }
 
 #[cfg(test)]

@@ -148,7 +148,7 @@ pub fn resolve_user(
         Some(identity) => {
             let user = UserId::parse(identity).map_err(|_| RequestError {
                 code: ErrorCode::Forbidden,
-                message: "the authorizer's identity is not a valid user id (1 to 128 of A-Z a-z 0-9 _ . @ : -)"
+                message: "the authorizer's identity is not a valid user id (1 to 128 of A-Z a-z 0-9 _ . @ : + = , -)"
                     .into(),
                 field: None,
             })?;

@@ -10,6 +10,9 @@
 //! ```
 //!
 //! The port is `PARAMETERS_SECRETS_EXTENSION_HTTP_PORT` when set (the extension's own setting).
+//! At init the extension may not be listening yet: the request is retried for up to
+//! `SECRETS_EXTENSION_WAIT_MS`. After a failed login (SQLSTATE 28P01, a rotated password) the
+//! pool asks again with `refreshNow=true` and rebuilds its credentials ([`crate::db::Db::get`]).
 //! The reply is the `GetSecretValue` JSON; its `SecretString` is the RDS secret format
 //! `{"host", "port", "username", "password", "dbname"}` (`port` may be a number or a string,
 //! `dbname` defaults to `postgres`). The function needs the extension layer and
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::config::{Secret, SecretSource};
 use crate::db::DbError;
 
 /// Default port of the Parameters and Secrets Lambda Extension.
@@ -150,24 +153,30 @@ pub fn extension_url(port: u16, arn: &str) -> Result<reqwest::Url, String> {
     .map_err(|e| format!("cannot build the extension URL: {e}"))
 }
 
-/// Reads the RDS secret `arn` through the extension running in this execution environment.
-pub async fn fetch_rds_secret(arn: &str, timeout: Duration) -> Result<RdsSecret, DbError> {
+/// Reads the RDS secret through the extension running in this execution environment.
+///
+/// `refresh` asks the extension to bypass its cache (`refreshNow=true`), after a failed login
+/// suggests the password was rotated. An extension that is not listening yet (it registered but
+/// has not started its HTTP server), or answers 5xx, is retried with a doubling pause for up to
+/// `source.extension_wait`; a 4xx (wrong ARN, missing permission) is not retried.
+pub async fn fetch_rds_secret(
+    source: &SecretSource,
+    timeout: Duration,
+    refresh: bool,
+) -> Result<RdsSecret, DbError> {
+    let arn = source.arn.as_str();
+    let port = source.extension_port;
     let fail = |reason: String| DbError::Secret {
         arn: arn.to_owned(),
         reason,
     };
-    let port = match std::env::var("PARAMETERS_SECRETS_EXTENSION_HTTP_PORT") {
-        Ok(p) => p.trim().parse::<u16>().map_err(|_| {
-            fail(format!(
-                "PARAMETERS_SECRETS_EXTENSION_HTTP_PORT={p} is not a port number"
-            ))
-        })?,
-        Err(_) => EXTENSION_DEFAULT_PORT,
-    };
-    let token = std::env::var("AWS_SESSION_TOKEN").map_err(|_| {
+    let token = source.session_token.as_ref().ok_or_else(|| {
         fail("AWS_SESSION_TOKEN is not set: DB_SECRET_ARN works only inside Lambda (use DATABASE_URL elsewhere)".into())
     })?;
-    let url = extension_url(port, arn).map_err(fail)?;
+    let mut url = extension_url(port, arn).map_err(fail)?;
+    if refresh {
+        url.query_pairs_mut().append_pair("refreshNow", "true");
+    }
     let client = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(timeout)
@@ -175,31 +184,70 @@ pub async fn fetch_rds_secret(arn: &str, timeout: Duration) -> Result<RdsSecret,
         .timeout(timeout + Duration::from_secs(5))
         .build()
         .map_err(|e| fail(format!("cannot build an HTTP client: {e}")))?;
-    let response = client
-        .get(url)
-        .header("X-Aws-Parameters-Secrets-Token", token)
-        .send()
-        .await
-        .map_err(|e| {
-            fail(format!(
-                "the Parameters and Secrets Lambda Extension on localhost:{port} did not answer ({e}); \
-                 is the extension layer attached to the function?"
-            ))
-        })?;
-    let status = response.status();
-    let body = response
-        .text()
-        .await
-        .map_err(|e| fail(format!("reading the extension's reply: {e}")))?;
-    if !status.is_success() {
-        // The extension's error bodies are short messages about the request, not the secret.
-        let snippet: String = body.chars().take(300).collect();
-        return Err(fail(format!(
-            "the extension answered HTTP {status}: {snippet} (check the ARN and the function's \
-             secretsmanager:GetSecretValue permission)"
-        )));
+    let give_up = tokio::time::Instant::now() + source.extension_wait;
+    let mut pause = Duration::from_millis(50);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let outcome = match client
+            .get(url.clone())
+            .header("X-Aws-Parameters-Secrets-Token", token.expose())
+            .send()
+            .await
+        {
+            Err(e) => Err((
+                true,
+                format!(
+                    "the Parameters and Secrets Lambda Extension on localhost:{port} did not answer \
+                     ({e}); is the extension layer attached to the function?"
+                ),
+            )),
+            Ok(response) => {
+                let status = response.status();
+                let body = response
+                    .text()
+                    .await
+                    .map_err(|e| fail(format!("reading the extension's reply: {e}")))?;
+                if status.is_success() {
+                    Ok(body)
+                } else {
+                    // The extension's error bodies are short messages about the request, not the
+                    // secret.
+                    let snippet: String = body.chars().take(300).collect();
+                    Err((
+                        status.is_server_error(),
+                        format!(
+                            "the extension answered HTTP {status}: {snippet} (check the ARN and \
+                             the function's secretsmanager:GetSecretValue permission)"
+                        ),
+                    ))
+                }
+            }
+        };
+        match outcome {
+            Ok(body) => {
+                if attempts > 1 {
+                    tracing::info!(attempts, "the secrets extension answered after retries");
+                }
+                return parse_extension_response(&body).map_err(fail);
+            }
+            Err((retryable, reason)) => {
+                let now = tokio::time::Instant::now();
+                if !retryable || now + pause > give_up {
+                    return Err(fail(if attempts > 1 {
+                        format!(
+                            "{reason} (after {attempts} attempts over SECRETS_EXTENSION_WAIT_MS)"
+                        )
+                    } else {
+                        reason
+                    }));
+                }
+                tracing::debug!(attempts, %reason, "secrets extension not ready; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
     }
-    parse_extension_response(&body).map_err(fail)
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use aws_sdk_bedrockruntime::error::DisplayErrorContext;
 use aws_sdk_bedrockruntime::operation::converse_stream::builders::ConverseStreamFluentBuilder;
 use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamOutput as Response;
 use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ContentBlockDelta, ConversationRole, ConverseStreamOutput, Message,
-    SystemContentBlock,
+    ContentBlock, ContentBlockDelta, ConversationRole, ConverseStreamOutput,
+    InferenceConfiguration, Message, SystemContentBlock,
 };
 use futures::stream::StreamExt;
 
@@ -21,6 +21,7 @@ pub struct BedrockProvider {
     client: aws_sdk_bedrockruntime::Client,
     model: String,
     idle_timeout: Duration,
+    max_tokens: Option<u32>,
 }
 
 impl BedrockProvider {
@@ -30,7 +31,14 @@ impl BedrockProvider {
             client: aws_sdk_bedrockruntime::Client::new(sdk),
             model,
             idle_timeout,
+            max_tokens: None,
         }
+    }
+
+    /// Caps each answer at `max_tokens` (`inferenceConfig.maxTokens`).
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
     }
 }
 
@@ -54,7 +62,12 @@ impl LlmProvider for BedrockProvider {
                     .converse_stream()
                     .model_id(&self.model)
                     .system(SystemContentBlock::Text(prompt.system))
-                    .messages(message),
+                    .messages(message)
+                    .set_inference_config(self.max_tokens.map(|n| {
+                        InferenceConfiguration::builder()
+                            .max_tokens(i32::try_from(n).unwrap_or(i32::MAX))
+                            .build()
+                    })),
             )),
             Err(e) => State::Failed(LlmError::Setup {
                 provider: NAME,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 
 use crate::aws::AwsConfig;
-use crate::config::LlmConfig;
+use crate::config::{GenerationLimits, LlmConfig};
 use crate::error_code::ErrorCode;
 
 pub mod bedrock;
@@ -79,6 +79,14 @@ pub enum LlmError {
         /// The configured idle timeout.
         after: Duration,
     },
+    /// The whole generation took longer than its total deadline.
+    #[error("{provider} did not finish within {}s (LLM_TOTAL_TIMEOUT_MS)", after.as_secs_f32())]
+    TotalTimeout {
+        /// Provider name.
+        provider: &'static str,
+        /// The configured total deadline.
+        after: Duration,
+    },
     /// The provider's stream broke its protocol (malformed chunk, ended without finishing).
     #[error("{provider} stream is malformed: {detail}")]
     Protocol {
@@ -109,7 +117,7 @@ impl LlmError {
     /// The stable error code sent to clients (`provider_timeout` or `provider_error`).
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::IdleTimeout { .. } => ErrorCode::ProviderTimeout,
+            Self::IdleTimeout { .. } | Self::TotalTimeout { .. } => ErrorCode::ProviderTimeout,
             Self::Status { .. }
             | Self::Transport { .. }
             | Self::Protocol { .. }
@@ -119,21 +127,24 @@ impl LlmError {
     }
 }
 
-/// Builds the configured provider once, at init (Bedrock uses the process's AWS configuration).
+/// Builds the configured provider once, at init (Bedrock uses the process's AWS configuration),
+/// asking for at most `limits.max_tokens` per answer.
 pub async fn from_config(
     cfg: &LlmConfig,
+    limits: &GenerationLimits,
     aws: &AwsConfig,
 ) -> Result<Arc<dyn LlmProvider>, LlmError> {
     Ok(match cfg {
-        LlmConfig::OpenAi { .. } => Arc::new(OpenAiProvider::new(cfg)?),
+        LlmConfig::OpenAi { .. } => {
+            Arc::new(OpenAiProvider::new(cfg)?.with_max_tokens(limits.max_tokens))
+        }
         LlmConfig::Bedrock {
             model,
             idle_timeout,
-        } => Arc::new(BedrockProvider::new(
-            aws.get().await,
-            model.clone(),
-            *idle_timeout,
-        )),
+        } => Arc::new(
+            BedrockProvider::new(aws.get().await, model.clone(), *idle_timeout)
+                .with_max_tokens(limits.max_tokens),
+        ),
         LlmConfig::Offline => Arc::new(OfflineProvider::default()),
     })
 }

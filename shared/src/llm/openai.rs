@@ -25,6 +25,7 @@ pub struct OpenAiProvider {
     api_key: Option<Secret>,
     model: String,
     idle_timeout: Duration,
+    max_tokens: Option<u32>,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -84,7 +85,15 @@ impl OpenAiProvider {
             api_key,
             model: model.to_owned(),
             idle_timeout,
+            max_tokens: None,
         })
+    }
+
+    /// Caps each answer at `max_tokens` (sent as `max_tokens`, which OpenAI-compatible servers
+    /// read); without it the server's own default applies.
+    pub fn with_max_tokens(mut self, max_tokens: u32) -> Self {
+        self.max_tokens = Some(max_tokens);
+        self
     }
 }
 
@@ -98,7 +107,7 @@ impl LlmProvider for OpenAiProvider {
     }
 
     fn stream(&self, prompt: Prompt) -> TextStream {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "model": self.model,
             "stream": true,
             "messages": [
@@ -106,6 +115,9 @@ impl LlmProvider for OpenAiProvider {
                 {"role": "user", "content": prompt.user},
             ],
         });
+        if let Some(max_tokens) = self.max_tokens {
+            body["max_tokens"] = max_tokens.into();
+        }
         let mut request = self
             .client
             .post(&self.url)

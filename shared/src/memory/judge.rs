@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use crate::aws::AwsConfig;
-use crate::config::JudgeConfig;
+use crate::config::{GenerationLimits, JudgeConfig};
 use crate::llm::{self, LlmError, LlmProvider, Prompt};
 use crate::memory::dedup::{JudgeBand, Verdict, Verdicts};
 use crate::memory::plan::JudgeRequest;
@@ -109,9 +109,16 @@ impl Judge {
         }
     }
 
-    /// The judge of `cfg`, with its provider built once (at init).
-    pub async fn from_config(cfg: &JudgeConfig, aws: &AwsConfig) -> Result<Self, LlmError> {
-        Ok(Self::new(llm::from_config(&cfg.llm, aws).await?, cfg))
+    /// The judge of `cfg`, with its provider built once (at init) under `limits`.
+    pub async fn from_config(
+        cfg: &JudgeConfig,
+        limits: &GenerationLimits,
+        aws: &AwsConfig,
+    ) -> Result<Self, LlmError> {
+        Ok(Self::new(
+            llm::from_config(&cfg.llm, limits, aws).await?,
+            cfg,
+        ))
     }
 
     /// The cosine band it decides.

@@ -20,3 +20,4 @@ mod embedder;
 mod local_runner;
 mod migrations;
 mod pool;
+mod prefilter;

@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in the order they are applied. Never edit an applied one: add a new file.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "memory_notes_and_processed_events",
-    sql: include_str!("../../migrations/0001_memory_notes_and_processed_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "memory_notes_and_processed_events",
+        sql: include_str!("../../migrations/0001_memory_notes_and_processed_events.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "embedding_signature",
+        sql: include_str!("../../migrations/0003_embedding_signature.sql"),
+    },
+];
 
 /// The schema version this build expects (the last migration's).
 pub const LATEST_SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;

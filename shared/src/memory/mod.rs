@@ -3,8 +3,10 @@
 pub mod dedup;
 pub mod error;
 pub mod extract;
+pub mod import;
 pub mod normalize;
 pub mod plan;
+pub mod prefilter;
 pub mod service;
 pub mod store;
 

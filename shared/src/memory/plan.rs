@@ -11,6 +11,7 @@
 //!   `times_seen` counts events, not sentences.
 
 use crate::memory::dedup::{Decision, DedupPolicy, NoteRef};
+use crate::memory::prefilter::may_reach;
 use crate::types::{Embedding, NoteId};
 
 /// A candidate note, ready to be stored.
@@ -106,7 +107,13 @@ pub fn plan(policy: &DedupPolicy, known: &[KnownNote], candidates: &[Candidate])
             content_hash: &candidate.content_hash,
             embedding: &candidate.embedding,
         };
-        let matched = policy.best_match(this, notes.iter().enumerate().map(|(i, (n, _))| (i, *n)));
+        // Only notes that can be duplicates reach the (exact) decision: the same hash, or a
+        // cosine that may reach the threshold (a proven bound, so no decision changes).
+        let comparable = notes.iter().enumerate().filter(|(_, (n, _))| {
+            n.content_hash == this.content_hash
+                || may_reach(n.embedding, this.embedding, policy.threshold)
+        });
+        let matched = policy.best_match(this, comparable.map(|(i, (n, _))| (i, *n)));
         let action = match matched {
             None => {
                 notes.push((this, Origin::EarlierCandidate(index)));

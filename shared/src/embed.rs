@@ -20,7 +20,7 @@ use tokenizers::{
     TruncationStrategy,
 };
 
-use crate::config::EmbedConfig;
+use crate::config::{EmbedConfig, EmbedModel};
 use crate::types::{Embedding, EMBEDDING_DIM};
 
 /// Longest input in tokens (special tokens included); longer texts are truncated, as
@@ -34,7 +34,8 @@ pub const MAX_TOKENS: usize = 256;
 /// grew by ~350 MB.
 pub const BATCH_TOKEN_BUDGET: usize = 512;
 
-/// File name of the ONNX model inside [`EmbedConfig::model_dir`].
+/// File name of the shipped (pinned) ONNX model inside [`EmbedConfig::model_dir`]; the model
+/// that runs is [`EmbedConfig::model_path`] (`EMBED_MODEL`).
 pub const MODEL_FILE: &str = "model.onnx";
 
 /// File name of the tokenizer inside [`EmbedConfig::model_dir`].
@@ -173,7 +174,7 @@ impl std::fmt::Debug for Embedder {
 impl Embedder {
     /// Loads ONNX Runtime (once per process), the model and the tokenizer named by `cfg`.
     pub fn load(cfg: &EmbedConfig) -> Result<Embedder, EmbedError> {
-        let model_path = cfg.model_dir.join(MODEL_FILE);
+        let model_path = cfg.model_path();
         let tokenizer_path = cfg.model_dir.join(TOKENIZER_FILE);
         for (what, path) in [
             ("model file", &model_path),
@@ -183,7 +184,11 @@ impl Embedder {
                 return Err(EmbedError::MissingFile {
                     what,
                     path: path.clone(),
-                    hint: format!("{SETUP_HINT}, or set EMBED_MODEL_DIR to the directory holding {MODEL_FILE} and {TOKENIZER_FILE}"),
+                    hint: format!(
+                        "{SETUP_HINT}, or set EMBED_MODEL_DIR to the directory holding {} and {TOKENIZER_FILE}{}",
+                        cfg.model.file_name(),
+                        if cfg.model == EmbedModel::Int8 { " (EMBED_MODEL=shipped runs the pinned model.onnx instead)" } else { "" }
+                    ),
                 });
             }
         }
@@ -453,6 +458,7 @@ mod tests {
     fn config(dir: &Path, dylib: &Path) -> EmbedConfig {
         EmbedConfig {
             model_dir: dir.to_owned(),
+            model: EmbedModel::Shipped,
             ort_dylib_path: dylib.to_owned(),
             intra_threads: 1,
         }

@@ -37,6 +37,9 @@ pub struct Args {
     /// Print one JSON object (`init_ms`, `rss_mib`, `per_message`, ...) instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Leave the bench's users (`bench-RUNID-*`) in the database, to inspect them.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// One row of the per-message table.
@@ -81,7 +84,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let service = consumer.service().clone();
 
     let result = measure(&args, &db, &service, &consumer, run_id).await;
-    let cleanup = cleanup(&db, run_id).await;
+    let cleanup = if args.keep {
+        eprintln!("bench consumer: kept users bench-{run_id}-*");
+        Ok(())
+    } else {
+        cleanup(&db, run_id).await
+    };
     let (rows, batch_rows, seeding) = result?;
     cleanup?;
     let peak = rss_mib("VmHWM");
@@ -260,6 +268,9 @@ const NOTES_SEED: u64 = 0x6e6f_7465;
 /// Stream of the bench messages' texts.
 const MESSAGE_SEED: u64 = 0x6d73_6773;
 
+/// Import rounds the seeding may take (each imports as many lines as notes are missing).
+const MAX_SEED_ROUNDS: u64 = 40;
+
 /// A message with a realistic saying and question (2 candidate notes).
 fn message(user: &UserId, i: usize) -> ElaborationCompleted {
     let (hikmah, question) = message_texts(MESSAGE_SEED, i);
@@ -283,6 +294,12 @@ async fn seed(
     let started = Instant::now();
     let (mut have, mut lines, mut round) = (0usize, 0usize, 0u64);
     while have < n {
+        // The generator's sentences run out of new meanings long before this; a bug, not a wait.
+        anyhow::ensure!(
+            round < MAX_SEED_ROUNDS,
+            "seeding stopped at {have} of {n} notes after {round} rounds: the generated notes are \
+             mostly duplicates of each other"
+        );
         let notes = realistic_notes(NOTES_SEED + round, n - have);
         lines += notes.len();
         let mut progress = |done: usize, total: usize| {

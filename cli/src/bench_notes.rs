@@ -68,6 +68,18 @@ const VIRTUES: &[&str] = &[
     "good manners at home",
     "reading the Quran daily",
     "making supplication",
+    "patience with my teenage son",
+    "gentleness with my employees",
+    "avoiding backbiting",
+    "waking up for the dawn prayer",
+    "paying debts on time",
+    "sharing food with neighbours",
+    "thinking well of others",
+    "being just with my children",
+    "saying a kind word",
+    "guarding my tongue online",
+    "keeping ties with relatives",
+    "hiding the faults of others",
 ];
 
 const EFFECTS: &[&str] = &[
@@ -91,6 +103,16 @@ const EFFECTS: &[&str] = &[
     "keeps me honest with myself",
     "is easier in company",
     "starts with small daily habits",
+    "needs a clear intention first",
+    "feels awkward at the beginning",
+    "was my mother's quiet strength",
+    "makes the house feel lighter",
+    "removes the fear of tomorrow",
+    "is rewarded even when nobody thanks me",
+    "spreads to the people around me",
+    "brings unexpected provision",
+    "is what I regret neglecting most",
+    "stops me from wasting the evening",
 ];
 
 const CONTEXTS: &[&str] = &[
@@ -114,6 +136,20 @@ const CONTEXTS: &[&str] = &[
     "on busy mornings",
     "with my spouse",
     "when I am tired",
+    "on long night shifts",
+    "at my daughter's school",
+    "during the pilgrimage",
+    "while caring for my grandmother",
+    "after moving house",
+    "in the middle of a divorce",
+    "when business is slow",
+    "on social media",
+    "at family weddings",
+    "during the winter nights",
+    "while looking for a job",
+    "when I am praised",
+    "with strangers on the bus",
+    "in the waiting room",
 ];
 
 const QUESTIONS: &[&str] = &[
@@ -151,12 +187,83 @@ const FACTS: &[&str] = &[
     "volunteers at the food bank",
 ];
 
-/// One note: a reflection (most), a question, or a personal fact, from `rng`.
+const TAILS: &[&str] = &[
+    "",
+    "",
+    ", as my grandfather taught me",
+    ", and I want my son to learn it",
+    ", even on the days I feel weak",
+    ", especially after the dawn prayer",
+    ", more than any book told me",
+    ", which surprised me",
+    ", though I often fail at it",
+    ", if I start before I feel ready",
+    ", and the change shows in my sleep",
+    ", when I stop comparing myself to others",
+];
+
+const ACTIONS: &[&str] = &[
+    "call my aunt",
+    "read one page of tafsir",
+    "give a small coin to charity",
+    "walk to the mosque",
+    "write down three blessings",
+    "switch off my phone at dinner",
+    "visit the old man next door",
+    "fast",
+    "pray the night prayer",
+    "apologise first after an argument",
+    "cook for a neighbour",
+    "memorise a short surah",
+    "help at the community kitchen",
+    "stay silent instead of complaining",
+    "thank my wife for something specific",
+    "teach my daughter a supplication",
+];
+
+const WHENS: &[&str] = &[
+    "every Monday",
+    "before work",
+    "on Friday evenings",
+    "after the night prayer",
+    "once a week",
+    "during my lunch break",
+    "on the train home",
+    "every morning this month",
+    "before I sleep",
+    "at the weekend",
+];
+
+const PURPOSES: &[&str] = &[
+    "to keep my heart soft",
+    "so that gratitude becomes a habit",
+    "to break my habit of anger",
+    "because my father did it",
+    "to get closer to God",
+    "to be less attached to money",
+    "so my children see it",
+    "to fight my laziness",
+    "to make up for last year",
+    "to stay humble at work",
+];
+
+/// One note from `rng`: a reflection (most), a plan, a question or a personal fact.
 fn note(rng: &mut Rng) -> String {
     let (v, c) = (rng.pick(VIRTUES), rng.pick(CONTEXTS));
-    match rng.next() % 10 {
-        0..=6 => format!("{} {v} {} {c}.", rng.pick(OPENERS), rng.pick(EFFECTS)),
-        7 | 8 => rng.pick(QUESTIONS).replace("{v}", v).replace("{c}", c),
+    match rng.next() % 12 {
+        0..=5 => format!(
+            "{} {v} {} {c}{}.",
+            rng.pick(OPENERS),
+            rng.pick(EFFECTS),
+            rng.pick(TAILS)
+        ),
+        6 | 7 => format!(
+            "This week I will {} {} {}.",
+            rng.pick(ACTIONS),
+            rng.pick(WHENS),
+            rng.pick(PURPOSES)
+        ),
+        8 | 9 => rng.pick(QUESTIONS).replace("{v}", v).replace("{c}", c),
         _ => format!(
             "My {} {}, and {v} helps me support them {c}.",
             rng.pick(RELATIVES),

@@ -192,15 +192,27 @@ impl Embedder {
                 });
             }
         }
-        let tokenizer = load_tokenizer(&tokenizer_path)?;
-        let env = ort_environment(&cfg.ort_dylib_path)?;
-
         let model_error = |message: String| EmbedError::Model {
             path: model_path.clone(),
             message,
         };
-        let session = build_session(&env, &model_path, cfg.intra_threads.max(1))
-            .map_err(|e| model_error(e.to_string()))?;
+        // Parsing tokenizer.json and building the session are independent and both take a while
+        // at cold start: do them at once.
+        let (tokenizer, session) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| load_tokenizer(&tokenizer_path));
+            let session = ort_environment(&cfg.ort_dylib_path).and_then(|env| {
+                build_session(&env, &model_path, cfg.intra_threads.max(1))
+                    .map_err(|e| model_error(e.to_string()))
+            });
+            let tokenizer = tokenizer.join().unwrap_or_else(|_| {
+                Err(EmbedError::Tokenizer {
+                    path: tokenizer_path.clone(),
+                    message: "the loading thread panicked".into(),
+                })
+            });
+            (tokenizer, session)
+        });
+        let (tokenizer, session) = (tokenizer?, session?);
 
         let input_names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {

@@ -94,6 +94,35 @@ PY
   done <"$HIKMAH_ROOT/setup/artifacts.txt"
 }
 
+# Builds the int8-compute model (setup/int8-model.txt) from the pinned model, in its own venv
+# (its packages never mix with the tools venv's pins), and checks its sha256.
+ensure_int8_model() {
+  local dest_root=${1:-$HIKMAH_CACHE_DIR}
+  local pins="$HIKMAH_ROOT/setup/int8-model.txt" specs dest sha
+  specs=$(awk '$1 == "python" { $1 = ""; print }' "$pins")
+  read -r dest sha < <(awk '$1 == "model" { print $2, $3 }' "$pins")
+  local out="$dest_root/$dest"
+  if [ -f "$out" ] && [ "$(sha256sum "$out" | cut -d' ' -f1)" = "$sha" ]; then return; fi
+  local venv="$HIKMAH_CACHE_DIR/venv-int8"
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.specs" 2>/dev/null)" != "$specs" ]; then
+    log "installing the int8 model build's Python packages:$specs"
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install -q --disable-pip-version-check $specs
+    echo "$specs" >"$venv/.specs"
+  fi
+  log "building the int8 model from the pinned model ($dest)"
+  mkdir -p "$(dirname "$out")"
+  "$venv/bin/python" "$HIKMAH_ROOT/scripts/make_int8_model.py" \
+    "$HIKMAH_CACHE_DIR/model/model.onnx" "$HIKMAH_CACHE_DIR/model/tokenizer.json" \
+    "$HIKMAH_ROOT/setup/int8-calibration.txt" "$out.tmp" \
+    || { rm -f "$out.tmp"; die "building the int8 model failed"; }
+  local got
+  got=$(sha256sum "$out.tmp" | cut -d' ' -f1)
+  [ "$got" = "$sha" ] || { rm -f "$out.tmp"; die "int8 model: sha256 $got does not match the pinned $sha (setup/int8-model.txt); EMBED_MODEL=shipped runs the shipped model meanwhile"; }
+  mv "$out.tmp" "$out"
+}
+
 pg_bindir() {
   local d
   if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ]; then pg_config --bindir; return; fi
@@ -184,6 +213,7 @@ provision() {
   ensure_cargo
   ensure_python "$@"
   ensure_artifacts
+  ensure_int8_model
   export_artifact_env
   ensure_postgres
 }

@@ -37,7 +37,7 @@ export SAM_CLI_TELEMETRY=0
 # not see changes under shared/, the workspace manifests or the artifact pins. Keep a hash of
 # everything the artifacts depend on and drop the cache when it changes.
 stamp=.aws-sam/hikmah-sources.sha256
-sources=$(git ls-files -- Cargo.toml Cargo.lock shared functions layer setup/artifacts.txt scripts/lib.sh \
+sources=$(git ls-files -- Cargo.toml Cargo.lock shared functions layer setup/artifacts.txt setup/int8-model.txt setup/int8-calibration.txt scripts/make_int8_model.py scripts/lib.sh \
   | xargs sha256sum | sha256sum | cut -d' ' -f1)-$arch
 if [ "$(cat "$stamp" 2>/dev/null)" != "$sources" ]; then
   log "sources or architecture changed since the last build: clearing SAM's build cache"

@@ -4,13 +4,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use shared::config::{EmbedConfig, Env};
+use shared::config::{EmbedConfig, EmbedModel, Env};
 use shared::embed::Embedder;
 
 /// Benchmarks.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Embedder throughput: batch 1 and 32, ~20 and ~120 tokens, 1 thread and all threads.
+    /// Embedder throughput, shipped vs int8 model: batch 1 and 32, ~20 and ~120 tokens, 1 thread and all threads.
     Embed(EmbedArgs),
     /// Elaborate: added first-delta latency (p50/p99), concurrent offline streams, RSS.
     Elaborate(crate::bench_elaborate::Args),
@@ -67,26 +67,38 @@ fn embed_table(base: &EmbedConfig, seconds: Duration) -> anyhow::Result<()> {
     if all > 1 {
         threads.push(all);
     }
+    let models = [EmbedModel::Shipped, EmbedModel::Int8];
     println!(
-        "Embedder: {} ({} cores available; {:.1} s per row)\n",
-        base.model_dir.join(shared::embed::MODEL_FILE).display(),
+        "Embedder: {} (`EMBED_MODEL=shipped`, ONNX Runtime computing in fp32) side by side with {} \
+         (`EMBED_MODEL=int8`, the default); {} cores available; {:.1} s per cell, the two models \
+         measured one after the other in each row\n",
+        base.model_dir.join(EmbedModel::Shipped.file_name()).display(),
+        EmbedModel::Int8.file_name(),
         all,
         seconds.as_secs_f64()
     );
-    println!("| threads | batch | tokens/text | mode | embeddings/s | ms/call | peak RSS (MiB) |");
-    println!("|--:|--:|--:|:--|--:|--:|--:|");
+    println!("| threads | batch | tokens/text | mode | shipped: embeddings/s | int8: embeddings/s | speed-up | shipped ms/call | int8 ms/call |");
+    println!("|--:|--:|--:|:--|--:|--:|--:|--:|--:|");
+    let mut builds = Vec::new();
     for &t in &threads {
-        let embedder = Embedder::load(&EmbedConfig {
-            intra_threads: t,
-            ..base.clone()
-        })?;
+        let mut embedders = Vec::new();
+        for model in models {
+            let started = Instant::now();
+            let embedder = Embedder::load(&EmbedConfig {
+                intra_threads: t,
+                model,
+                ..base.clone()
+            })?;
+            builds.push((t, model, started.elapsed()));
+            embedders.push(embedder);
+        }
         for base_text in [SHORT, LONG] {
             // Distinct texts (a number in front) so nothing can be cached; lengths stay equal ±1.
             let texts: Vec<String> = (0..32).map(|i| format!("{i} {base_text}")).collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let tokens = refs
                 .iter()
-                .map(|t| embedder.token_count(t))
+                .map(|t| embedders[0].token_count(t))
                 .sum::<Result<usize, _>>()?
                 / refs.len();
             // "batched": one embed_blocking call for the whole batch (what the consumer does);
@@ -94,37 +106,59 @@ fn embed_table(base: &EmbedConfig, seconds: Duration) -> anyhow::Result<()> {
             let rows: [(usize, &str); 3] = [(1, "single"), (32, "per text"), (32, "batched")];
             for (batch, mode) in rows {
                 let calls = &refs[..batch];
-                reset_peak_rss();
-                let run = |texts: &[&str]| -> Result<(), shared::embed::EmbedError> {
-                    if mode == "per text" {
-                        for text in texts {
-                            embedder.embed_blocking(&[text])?;
+                let mut cells = Vec::new();
+                for embedder in &embedders {
+                    let run = |texts: &[&str]| -> Result<(), shared::embed::EmbedError> {
+                        if mode == "per text" {
+                            for text in texts {
+                                embedder.embed_blocking(&[text])?;
+                            }
+                        } else {
+                            embedder.embed_blocking(texts)?;
                         }
-                    } else {
-                        embedder.embed_blocking(texts)?;
+                        Ok(())
+                    };
+                    run(calls)?; // warm-up
+                    let started = Instant::now();
+                    let mut n_calls = 0u32;
+                    while started.elapsed() < seconds || n_calls < 3 {
+                        run(calls)?;
+                        n_calls += 1;
                     }
-                    Ok(())
-                };
-                run(calls)?; // warm-up
-                let started = Instant::now();
-                let mut n_calls = 0u32;
-                while started.elapsed() < seconds || n_calls < 3 {
-                    run(calls)?;
-                    n_calls += 1;
+                    let elapsed = started.elapsed().as_secs_f64();
+                    cells.push((
+                        f64::from(n_calls) * batch as f64 / elapsed,
+                        elapsed * 1000.0 / f64::from(n_calls),
+                    ));
                 }
-                let elapsed = started.elapsed().as_secs_f64();
-                let per_s = f64::from(n_calls) * batch as f64 / elapsed;
-                let ms_call = elapsed * 1000.0 / f64::from(n_calls);
-                let rss = peak_rss_mib().map_or_else(|| "n/a".into(), |m| format!("{m:.0}"));
+                let [(shipped, shipped_ms), (int8, int8_ms)] = cells[..] else {
+                    anyhow::bail!("expected two models");
+                };
                 println!(
-                    "| {t} | {batch} | {tokens} | {mode} | {per_s:.1} | {ms_call:.1} | {rss} |"
+                    "| {t} | {batch} | {tokens} | {mode} | {shipped:.1} | {int8:.1} | {:.2}x | {shipped_ms:.1} | {int8_ms:.1} |",
+                    int8 / shipped
                 );
             }
         }
     }
+    println!("\n| threads | model | session build (ms) |");
+    println!("|--:|:--|--:|");
+    for (t, model, took) in builds {
+        println!(
+            "| {t} | {} | {:.0} |",
+            model.file_name(),
+            took.as_secs_f64() * 1000.0
+        );
+    }
+
     // Batching is only allowed because it does not change a text's vector: measure it on
-    // mixed lengths (padding up to 256 tokens).
-    let embedder = Embedder::load(base)?;
+    // mixed lengths (padding up to 256 tokens), for the default model; and how far the int8
+    // model's vectors are from the shipped model's.
+    let int8 = Embedder::load(base)?;
+    let shipped = Embedder::load(&EmbedConfig {
+        model: EmbedModel::Shipped,
+        ..base.clone()
+    })?;
     let long = LONG.repeat(3);
     let mixed = [
         SHORT,
@@ -135,10 +169,10 @@ fn embed_table(base: &EmbedConfig, seconds: Duration) -> anyhow::Result<()> {
         "🌙 moon",
         "الصبر مفتاح الفرج",
     ];
-    let batched = embedder.embed_blocking(&mixed)?;
+    let batched = int8.embed_blocking(&mixed)?;
     let mut single = Vec::new();
     for text in mixed {
-        single.extend(embedder.embed_blocking(&[text])?);
+        single.extend(int8.embed_blocking(&[text])?);
     }
     let max_diff = single
         .iter()
@@ -150,15 +184,28 @@ fn embed_table(base: &EmbedConfig, seconds: Duration) -> anyhow::Result<()> {
                 .map(|(x, y)| (x - y).abs())
         })
         .fold(0f32, f32::max);
+    let reference = shipped.embed_blocking(&mixed)?;
+    let min_cosine = reference
+        .iter()
+        .zip(&batched)
+        .map(|(a, b)| a.cosine(b))
+        .fold(f32::MAX, f32::min);
     println!(
-        "\nBatched vs one-by-one vectors on mixed lengths (2..256 tokens): max |difference| = {max_diff:.2e}"
+        "\n{} ({}): batched vs one-by-one vectors on mixed lengths (2..256 tokens): max |difference| = {max_diff:.2e}; \
+         lowest cosine with the shipped model's vectors: {min_cosine:.4} (against fp32 sentence-transformers: \
+         `cargo test -p hikmah-tests --test main -- embedder::`)",
+        base.model.file_name(),
+        if base.model == EmbedModel::Int8 { "EMBED_MODEL=int8" } else { "EMBED_MODEL=shipped" },
     );
-    println!("Peak RSS is the process's high-water mark (VmHWM), reset before each row where the kernel allows.");
+    println!(
+        "Peak RSS of the whole run (VmHWM): {} MiB.",
+        peak_rss_mib().map_or_else(|| "n/a".into(), |m| format!("{m:.0}"))
+    );
     Ok(())
 }
 
-/// Resets the process's peak RSS (VmHWM) so each row reports its own; best effort (Linux ≥ 4.0).
-fn reset_peak_rss() {
+/// Resets the process's peak RSS (VmHWM); best effort (Linux ≥ 4.0).
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

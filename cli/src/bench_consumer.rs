@@ -1,7 +1,12 @@
 //! `hikmah bench consumer`: what one SQS message costs the memory consumer, as a function of the
 //! user's memory size, and what a batch of 10 sustains. Runs the real handler in this process
 //! against the database at `DATABASE_URL` (migrated first; the bench's own users are deleted at
-//! the end) with the real embedder.
+//! the end) with the real embedder. Existing notes are realistic ([`bench_notes`]) and go in
+//! through `hikmah memory import`'s path (embedded by the model, deduplicated), once for the
+//! largest row; smaller rows copy that user's first notes. `--json` prints one object for
+//! scripts instead of the tables.
+//!
+//! [`bench_notes`]: crate::bench_notes
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,9 +17,10 @@ use shared::config::{DedupConfig, Env};
 use shared::db::Db;
 use shared::events::ElaborationCompleted;
 use shared::memory::dedup::DedupPolicy;
-use shared::memory::normalize::content_hash;
 use shared::memory::service::MemoryService;
-use shared::types::{UserId, EMBEDDING_DIM};
+use shared::types::UserId;
+
+use crate::bench_notes::{message_texts, realistic_notes};
 
 /// Options of `hikmah bench consumer`.
 #[derive(Debug, clap::Args)]
@@ -28,9 +34,36 @@ pub struct Args {
     /// Batches of 10 measured for throughput.
     #[arg(long, default_value_t = 10)]
     pub batches: usize,
+    /// Print one JSON object (`init_ms`, `rss_mib`, `per_message`, ...) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Leave the bench's users (`bench-RUNID-*`) in the database, to inspect them.
+    #[arg(long)]
+    pub keep: bool,
 }
 
-/// Runs the benchmark and prints markdown tables.
+/// One row of the per-message table.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    notes: usize,
+    p50_ms: f64,
+    p95_ms: f64,
+    mean_ms: f64,
+    embed_mean_ms: f64,
+    db_mean_ms: f64,
+}
+
+/// One row of the batch table.
+#[derive(Debug, serde::Serialize)]
+struct BatchRow {
+    label: &'static str,
+    users: usize,
+    batches: usize,
+    messages_per_s: f64,
+    mean_batch_ms: f64,
+}
+
+/// Runs the benchmark and prints markdown tables (or, with `--json`, one JSON object).
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let env = Env::process();
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
@@ -48,8 +81,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let consumer = Consumer::from_env(&env).await?.with_metrics(metrics);
     let rss_after_init = rss_mib("VmRSS");
     let init = consumer.init_timings();
-    let (config_time, pool_time, embedder_time, init_time) =
-        (init.config, init.db, init.embedder, init.total);
     let db = consumer.db().clone();
 
     shared::db::migrate(&db)
@@ -57,6 +88,38 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("migrating the bench database")?;
     let policy = DedupPolicy::from(&DedupConfig::from_env(&env)?);
     let service = consumer.service().clone();
+
+    let result = measure(&args, &db, &service, &consumer, run_id).await;
+    let cleanup = if args.keep {
+        eprintln!("bench consumer: kept users bench-{run_id}-*");
+        Ok(())
+    } else {
+        cleanup(&db, run_id).await
+    };
+    let (rows, batch_rows, seeding) = result?;
+    cleanup?;
+    let peak = rss_mib("VmHWM");
+
+    if args.json {
+        let object = serde_json::json!({
+            "init_ms": ms(init.total),
+            "init": {
+                "config_ms": ms(init.config),
+                "db_ms": ms(init.db),
+                "embedder_ms": ms(init.embedder),
+            },
+            "rss_mib": rss_after_init,
+            "peak_rss_mib": peak,
+            "per_message": rows,
+            "batches": batch_rows,
+            "seeding": seeding,
+            "cores": cores,
+            "pool": consumer.concurrency(),
+            "dedup_threshold": policy.threshold,
+        });
+        println!("{object}");
+        return Ok(ExitCode::SUCCESS);
+    }
 
     println!("## hikmah bench consumer\n");
     println!(
@@ -70,23 +133,48 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("|--:|--:|--:|--:|--:|");
     println!(
         "| {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |\n",
-        ms(config_time),
-        ms(pool_time),
-        ms(embedder_time),
-        ms(init_time),
+        ms(init.config),
+        ms(init.db),
+        ms(init.embedder),
+        ms(init.total),
         rss_after_init
     );
-
-    let result = measure(&args, &db, &service, &consumer, run_id).await;
-    let cleanup = cleanup(&db, run_id).await;
-    result?;
-    cleanup?;
+    println!("### Per message (parse → commit), one user, sequential\n");
     println!(
-        "Peak RSS of the whole run (VmHWM): {:.0} MiB. Messages carry a hikmah and a question (2 \
-         candidate notes), each new to the user; existing notes are random unit vectors.",
-        rss_mib("VmHWM")
+        "| existing notes | p50 (ms) | p95 (ms) | mean (ms) | embed mean (ms) | db mean (ms) |"
+    );
+    println!("|--:|--:|--:|--:|--:|--:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.notes, r.p50_ms, r.p95_ms, r.mean_ms, r.embed_mean_ms, r.db_mean_ms
+        );
+    }
+    println!("\n### Batches of 10 through the handler\n");
+    println!("| batch | users with 100 notes each | batches | messages/s | mean batch (ms) |");
+    println!("|---|--:|--:|--:|--:|");
+    for b in &batch_rows {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} |",
+            b.label, b.users, b.batches, b.messages_per_s, b.mean_batch_ms
+        );
+    }
+    println!(
+        "\nSeeding: {} realistic notes imported in {:.1} s ({:.0} notes/s, {} lines read). Peak RSS of \
+         the whole run (VmHWM): {peak:.0} MiB. Messages carry a saying and a question (2 candidate \
+         notes) from the same generator, so some repeat what the user has.",
+        seeding.notes, seeding.seconds, seeding.notes_per_s, seeding.lines
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the largest user's notes were made.
+#[derive(Debug, Default, serde::Serialize)]
+struct Seeding {
+    notes: usize,
+    lines: usize,
+    seconds: f64,
+    notes_per_s: f64,
 }
 
 async fn measure(
@@ -95,16 +183,19 @@ async fn measure(
     service: &MemoryService,
     consumer: &Consumer,
     run_id: &str,
-) -> anyhow::Result<()> {
-    println!("### Per message (parse → commit), one user, sequential\n");
-    println!(
-        "| existing notes | p50 (ms) | p95 (ms) | mean (ms) | embed mean (ms) | db mean (ms) |"
-    );
-    println!("|--:|--:|--:|--:|--:|--:|");
+) -> anyhow::Result<(Vec<Row>, Vec<BatchRow>, Seeding)> {
+    let largest = args.notes.iter().copied().max().unwrap_or(0).max(100);
+    let source = UserId::parse(&format!("bench-{run_id}-seed"))?;
+    let seeding = seed(service, db, &source, largest).await?;
+    // The peak reported is the consumer's under load, not the seeding import's (which holds
+    // every imported note in memory at once).
+    crate::bench::reset_peak_rss();
+
+    let mut rows = Vec::new();
     let mut counter = 0usize;
     for &n in &args.notes {
         let user = UserId::parse(&format!("bench-{run_id}-n{n}"))?;
-        seed(db, &user, n).await?;
+        copy_notes(db, &source, &user, n).await?;
         let (mut total, mut embed, mut dbt) = (Vec::new(), Duration::ZERO, Duration::ZERO);
         // One warm-up message, not measured.
         for i in 0..=args.messages.max(1) {
@@ -121,19 +212,18 @@ async fn measure(
         }
         total.sort();
         let count = total.len() as u32;
-        println!(
-            "| {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            ms(total[total.len() / 2]),
-            ms(total[(total.len() * 95 / 100).min(total.len() - 1)]),
-            ms(total.iter().sum::<Duration>() / count),
-            ms(embed / count),
-            ms(dbt / count)
-        );
+        rows.push(Row {
+            notes: n,
+            p50_ms: ms(total[total.len() / 2]),
+            p95_ms: ms(total[(total.len() * 95 / 100).min(total.len() - 1)]),
+            mean_ms: ms(total.iter().sum::<Duration>() / count),
+            embed_mean_ms: ms(embed / count),
+            db_mean_ms: ms(dbt / count),
+        });
+        eprintln!("bench consumer: {n} notes measured");
     }
 
-    println!("\n### Batches of 10 through the handler\n");
-    println!("| batch | users with 100 notes each | batches | messages/s | mean batch (ms) |");
-    println!("|---|--:|--:|--:|--:|");
+    let mut batch_rows = Vec::new();
     for (label, users) in [
         ("10 users, 1 message each", 10usize),
         ("1 user, 10 messages", 1),
@@ -142,7 +232,7 @@ async fn measure(
             .map(|u| UserId::parse(&format!("bench-{run_id}-b{users}-{u}")))
             .collect::<Result<Vec<_>, _>>()?;
         for name in &names {
-            seed(db, name, 100).await?;
+            copy_notes(db, &source, name, 100).await?;
         }
         let mut elapsed = Duration::ZERO;
         for b in 0..=args.batches.max(1) {
@@ -171,66 +261,98 @@ async fn measure(
             }
         }
         let batches = args.batches.max(1);
-        println!(
-            "| {label} | {users} | {batches} | {:.1} | {:.1} |",
-            (batches * 10) as f64 / elapsed.as_secs_f64(),
-            ms(elapsed / batches as u32)
-        );
+        batch_rows.push(BatchRow {
+            label,
+            users,
+            batches,
+            messages_per_s: (batches * 10) as f64 / elapsed.as_secs_f64(),
+            mean_batch_ms: ms(elapsed / batches as u32),
+        });
     }
-    println!();
-    Ok(())
+    Ok((rows, batch_rows, seeding))
 }
 
-/// A message whose notes are new to the user (distinct wording per `i`).
+/// Stream of the seeded notes (the messages use [`MESSAGE_SEED`]).
+const NOTES_SEED: u64 = 0x6e6f_7465;
+/// Stream of the bench messages' texts.
+const MESSAGE_SEED: u64 = 0x6d73_6773;
+
+/// Import rounds the seeding may take (each imports as many lines as notes are missing).
+const MAX_SEED_ROUNDS: u64 = 40;
+
+/// A message with a realistic saying and question (2 candidate notes).
 fn message(user: &UserId, i: usize) -> ElaborationCompleted {
+    let (hikmah, question) = message_texts(MESSAGE_SEED, i);
     ElaborationCompleted::new(
         user.clone(),
-        format!("Reflection {i}: whoever is patient through trial number {i} finds the relief that follows it."),
-        Some(format!("What does lesson {i} teach about gratitude in hardship?")),
+        hikmah,
+        Some(question),
         "elaboration text".into(),
         "bench".into(),
     )
 }
 
-/// Gives `user` `n` notes with random unit embeddings (never duplicates of the bench messages).
-async fn seed(db: &Db, user: &UserId, n: usize) -> anyhow::Result<()> {
-    let mut client = db.get().await?;
-    let tx = client.transaction().await?;
-    let stmt = tx
-        .prepare("INSERT INTO memory_notes (user_id, content, content_hash, embedding) VALUES ($1, $2, $3, $4)")
-        .await?;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (n as u64);
-    for i in 0..n {
-        let content = format!("seeded note {i} of {user}");
-        let mut v: Vec<f32> = (0..EMBEDDING_DIM)
-            .map(|_| next_gaussianish(&mut state))
-            .collect();
-        let norm = v
-            .iter()
-            .map(|x| x * x)
-            .sum::<f32>()
-            .sqrt()
-            .max(f32::MIN_POSITIVE);
-        v.iter_mut().for_each(|x| *x /= norm);
-        tx.execute(
-            &stmt,
-            &[&user.as_str(), &content, &content_hash(&content), &v],
-        )
-        .await?;
+/// Gives `user` exactly `n` realistic notes through the import path, in rounds: each round
+/// imports as many new lines as notes are missing (duplicates are merged, as an import does).
+async fn seed(
+    service: &MemoryService,
+    db: &Db,
+    user: &UserId,
+    n: usize,
+) -> anyhow::Result<Seeding> {
+    let started = Instant::now();
+    let (mut have, mut lines, mut round) = (0usize, 0usize, 0u64);
+    while have < n {
+        // The generator's sentences run out of new meanings long before this; a bug, not a wait.
+        anyhow::ensure!(
+            round < MAX_SEED_ROUNDS,
+            "seeding stopped at {have} of {n} notes after {round} rounds: the generated notes are \
+             mostly duplicates of each other"
+        );
+        let notes = realistic_notes(NOTES_SEED + round, n - have);
+        lines += notes.len();
+        let mut progress = |done: usize, total: usize| {
+            if done == total || done.is_multiple_of(2048) {
+                eprintln!("bench consumer: seeding, embedded {done}/{total} (round {round})");
+            }
+        };
+        service.import(user, notes, &mut progress).await?;
+        have = note_count(db, user).await?;
+        round += 1;
     }
-    tx.commit().await?;
-    Ok(())
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Seeding {
+        notes: have,
+        lines,
+        seconds,
+        notes_per_s: lines as f64 / seconds.max(1e-9),
+    })
 }
 
-/// A cheap pseudo-random value in about [-1, 1] (xorshift; sum of two uniforms).
-fn next_gaussianish(state: &mut u64) -> f32 {
-    let mut next = || {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        (*state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
-    next() + next()
+async fn note_count(db: &Db, user: &UserId) -> anyhow::Result<usize> {
+    let client = db.get().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM memory_notes WHERE user_id = $1",
+            &[&user.as_str()],
+        )
+        .await?;
+    Ok(usize::try_from(row.get::<_, i64>(0))?)
+}
+
+/// Copies the first `n` notes of `from` (their texts and real embeddings) to `to`.
+async fn copy_notes(db: &Db, from: &UserId, to: &UserId, n: usize) -> anyhow::Result<()> {
+    let client = db.get().await?;
+    client
+        .execute(
+            "INSERT INTO memory_notes (user_id, content, content_hash, embedding) \
+             SELECT $2, content, content_hash, embedding FROM memory_notes \
+             WHERE user_id = $1 ORDER BY id LIMIT $3",
+            &[&from.as_str(), &to.as_str(), &i64::try_from(n)?],
+        )
+        .await?;
+    client.execute("ANALYZE memory_notes", &[]).await?;
+    Ok(())
 }
 
 async fn cleanup(db: &Db, run_id: &str) -> anyhow::Result<()> {

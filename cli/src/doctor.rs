@@ -145,17 +145,22 @@ async fn database_checks(cfg: &DbConfig) -> Vec<Check> {
 }
 
 async fn embedder_checks(cfg: &EmbedConfig) -> Vec<Check> {
-    let pins = artifacts::for_this_arch();
+    let mut pins = artifacts::for_this_arch();
+    pins.extend(artifacts::int8_model());
     let mut out = Vec::new();
     let mut files_ok = true;
-    for (name, path) in [
-        ("model", cfg.model_dir.join(shared::embed::MODEL_FILE)),
-        (
+    let int8 = cfg.model == shared::config::EmbedModel::Int8;
+    let files = [
+        Some(("model", cfg.model_dir.join(shared::embed::MODEL_FILE))),
+        // EMBED_MODEL=shipped runs without the built model.
+        int8.then(|| ("model-int8", cfg.model_path())),
+        Some((
             "tokenizer",
             cfg.model_dir.join(shared::embed::TOKENIZER_FILE),
-        ),
-        ("ort", cfg.ort_dylib_path.clone()),
-    ] {
+        )),
+        Some(("ort", cfg.ort_dylib_path.clone())),
+    ];
+    for (name, path) in files.into_iter().flatten() {
         let check = pinned_file_check(name, &path, pins.iter().find(|a| a.name == name));
         // Any ONNX Runtime 1.31 build may be used on purpose; the load check below is what counts.
         let check = if name == "ort" && !check.ok && path.is_file() {

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_consumer;
 mod bench_elaborate;
+mod bench_notes;
 mod dedup;
 mod doctor;
 mod embed;

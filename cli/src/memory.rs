@@ -1,14 +1,20 @@
-//! `hikmah memory list|forget|split`: read or erase a user's memory notes in PostgreSQL, or turn
-//! a merged variant back into a note.
+//! `hikmah memory list|forget|split|import|export`: read, erase, bring in or take out a user's
+//! memory notes in PostgreSQL, or turn a merged variant back into a note.
 
 use std::process::ExitCode;
 
+use std::io::Write;
+use std::time::Instant;
+
 use anyhow::Context;
 use serde_json::Value;
-use shared::config::{DbConfig, EmbedConfig, Env};
+use shared::config::{DbConfig, DedupConfig, EmbedConfig, Env};
 use shared::db::{Db, DbError};
 use shared::embed::Embedder;
 use shared::memory::account::{AccountError, MemoryAccount};
+use shared::memory::dedup::DedupPolicy;
+use shared::memory::import::parse_lines;
+use shared::memory::service::MemoryService;
 use shared::memory::variants::{split_variant, SplitError};
 use shared::types::{NoteId, UserId};
 
@@ -42,6 +48,19 @@ pub enum Command {
         #[arg(long)]
         note: Option<i64>,
     },
+    /// Import notes from JSON lines on standard input (`{"content": "..."}` per line): embedded
+    /// and deduplicated as the consumer does, all or nothing; progress on stderr.
+    Import {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+    },
+    /// Print a user's notes as JSON lines (oldest first), in the form `import` reads.
+    Export {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+    },
 }
 
 /// A user's notes as one JSON array, in the order the elaborate prompt uses them (most
@@ -58,14 +77,23 @@ const LIST_SQL: &str = "SELECT coalesce(json_agg(json_build_object(
         ORDER BY times_seen DESC, last_seen_at DESC, id DESC), '[]'::json)::text
     FROM memory_notes WHERE user_id = $1";
 
+/// One JSON line per note, oldest first, built by PostgreSQL (RFC 3339 timestamps).
+const EXPORT_SQL: &str = "SELECT json_build_object(
+        'content', content, 'times_seen', times_seen,
+        'created_at', created_at, 'last_seen_at', last_seen_at)::text
+    FROM memory_notes WHERE user_id = $1 ORDER BY id";
+
 /// Runs a memory subcommand against `DATABASE_URL`.
 pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
-    let cfg = DbConfig::from_env(&Env::process(), 1).context("database configuration")?;
+    let env = Env::process();
+    let cfg = DbConfig::from_env(&env, 1).context("database configuration")?;
     let db = Db::connect(&cfg).await?;
     let result = match cmd {
         Command::List { user, json } => list(&db, &parse_user(&user)?, json).await,
         Command::Forget { user, note } => forget(&db, &parse_user(&user)?, note).await,
         Command::Split { user, variant } => split(&db, &parse_user(&user)?, variant).await,
+        Command::Import { user } => import(&env, &db, &parse_user(&user)?).await,
+        Command::Export { user } => export(&db, &parse_user(&user)?).await,
     };
     db.close();
     result
@@ -163,4 +191,61 @@ async fn forget(db: &Db, user: &UserId, note: Option<i64>) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Reads every line first (a bad one stops the import before anything is embedded or written),
+/// then embeds and stores them in one transaction.
+async fn import(env: &Env, db: &Db, user: &UserId) -> anyhow::Result<ExitCode> {
+    let notes = parse_lines(std::io::stdin().lock())?;
+    let embedder = Embedder::load(&EmbedConfig::from_env(env)?)?;
+    let policy = DedupPolicy::from(&DedupConfig::from_env(env)?);
+    let service = MemoryService::postgres(db.clone(), embedder, policy);
+    let started = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_shown = Instant::now();
+    let mut progress = move |done: usize, total: usize| {
+        // A terminal gets one line rewritten in place; a log gets a line every few seconds.
+        if tty {
+            eprint!("\rembedded {done}/{total} notes");
+            if done == total {
+                eprintln!();
+            }
+        } else if done == total || last_shown.elapsed().as_secs() >= 5 {
+            eprintln!("embedded {done}/{total} notes");
+            last_shown = Instant::now();
+        }
+    };
+    let outcome = service.import(user, notes, &mut progress).await?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "imported {} note(s) for user {user} in {secs:.1} s ({:.0} notes/s): {} added, {} reinforced, {} duplicate(s) (embedding {:.1} s, database {:.1} s)",
+        outcome.notes,
+        outcome.notes as f64 / secs.max(1e-9),
+        outcome.notes_added,
+        outcome.notes_reinforced,
+        outcome.duplicates,
+        outcome.embed_time.as_secs_f64(),
+        outcome.db_time.as_secs_f64(),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn export(db: &Db, user: &UserId) -> anyhow::Result<ExitCode> {
+    let lines: Vec<String> = db
+        .run(|conn| async move {
+            let rows = conn.query(EXPORT_SQL, &[&user.as_str()]).await?;
+            rows.iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(DbError::from)
+        })
+        .await?;
+    let mut out = std::io::stdout().lock();
+    for line in &lines {
+        // Re-serialised compactly (PostgreSQL's json text has spaces around the colons).
+        let value: Value = serde_json::from_str(line).context("unexpected note JSON")?;
+        writeln!(out, "{value}")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -435,7 +435,7 @@ mod tests {
     use shared::config::DbConfig;
     use shared::db::Db;
     use shared::memory::extract::NoteExtractor;
-    use shared::memory::plan::KnownNote;
+    use shared::memory::plan::{Candidate, KnownNote};
     use shared::memory::service::{MemoryService, TextEmbedder};
     use shared::memory::store::{MemoryStore, PreparedRecord, StoreOutcome};
     use shared::memory::MemoryError;
@@ -484,6 +484,14 @@ mod tests {
             _: &'a UserId,
         ) -> BoxFuture<'a, Result<Vec<KnownNote>, MemoryError>> {
             Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn import<'a>(
+            &'a self,
+            _: &'a UserId,
+            _: &'a [Candidate],
+        ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>> {
+            Box::pin(async { Ok(StoreOutcome::default()) })
         }
     }
 

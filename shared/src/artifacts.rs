@@ -47,6 +47,24 @@ pub fn all() -> Vec<Artifact> {
         .collect()
 }
 
+/// The int8-compute model's pin (`setup/int8-model.txt`): not downloaded but built at set-up by
+/// `scripts/make_int8_model.py` from the pinned model, and checked against this sha256.
+pub fn int8_model() -> Option<Artifact> {
+    include_str!("../../setup/int8-model.txt")
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() == 3 && f[0] == "model")
+        .map(|f| Artifact {
+            name: "model-int8".into(),
+            arch: "any".into(),
+            package: "scripts/make_int8_model.py".into(),
+            version: "(built at set-up from the pinned model)".into(),
+            path_in_wheel: String::new(),
+            dest: f[1].into(),
+            sha256: f[2].into(),
+        })
+}
+
 /// The artifacts this machine's architecture uses.
 pub fn for_this_arch() -> Vec<Artifact> {
     all()

@@ -12,6 +12,7 @@ pub fn embed_config() -> EmbedConfig {
         .unwrap_or_else(|e| panic!("embedder configuration: {e}"));
     let missing: Vec<String> = [
         cfg.model_dir.join(MODEL_FILE),
+        cfg.model_path(),
         cfg.model_dir.join(TOKENIZER_FILE),
         cfg.ort_dylib_path.clone(),
     ]

@@ -279,3 +279,102 @@ async fn a_merged_variant_is_listed_split_back_into_a_note_and_forgotten_with_it
     drop(service);
     t.cleanup().await;
 }
+
+fn note_rows(out: &Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn memory_import_deduplicates_as_the_consumer_does_and_export_brings_the_notes_back() {
+    let db = TestDb::new().await;
+    let first = "{\"content\": \"Patience is the key to relief.\"}\n";
+    let out = hikmah(
+        &db,
+        &["memory", "import", "--user", "u-imp"],
+        &[],
+        Some(first),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Within the import: an exact repeat and a negation (kept: the guard); against the stored
+    // note: a case/punctuation variant (reinforces it).
+    let input = "{\"content\": \"Charity never decreases wealth.\"}\n\
+                 \n\
+                 {\"content\": \"charity never decreases wealth\", \"times_seen\": 9}\n\
+                 {\"content\": \"Charity decreases wealth.\"}\n\
+                 {\"content\": \"PATIENCE is the key to relief\"}\n";
+    let out = hikmah(
+        &db,
+        &["memory", "import", "--user", "u-imp"],
+        &[],
+        Some(input),
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("embedded 4/4"), "progress on stderr: {err}");
+    assert!(
+        err.contains("2 added, 1 reinforced, 2 duplicate(s)"),
+        "{err}"
+    );
+    assert!(err.contains("notes/s"), "{err}");
+
+    let out = hikmah(&db, &["memory", "export", "--user", "u-imp"], &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = note_rows(&out);
+    let contents: Vec<&str> = rows
+        .iter()
+        .map(|r| r["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            "Patience is the key to relief.",
+            "Charity never decreases wealth.",
+            "Charity decreases wealth."
+        ]
+    );
+    assert_eq!(rows[0]["times_seen"], 2);
+
+    // An export imports as is: the same notes for another user.
+    let exported = text(&out.stdout);
+    let out = hikmah(
+        &db,
+        &["memory", "import", "--user", "u-copy"],
+        &[],
+        Some(&exported),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copy = hikmah(&db, &["memory", "export", "--user", "u-copy"], &[], None);
+    let copied: Vec<serde_json::Value> = note_rows(&copy);
+    let copied: Vec<&str> = copied
+        .iter()
+        .map(|r| r["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(copied, contents);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_bad_import_line_is_an_error_naming_it_and_nothing_is_imported() {
+    let db = TestDb::new().await;
+    let input = "{\"content\": \"Patience is the key to relief.\"}\n\
+                 {\"content\": \"Gratitude keeps blessings.\"}\n\
+                 {\"content\": \"Charity never decreases wealth.\"\n";
+    let out = hikmah(
+        &db,
+        &["memory", "import", "--user", "u-bad"],
+        &[],
+        Some(input),
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("nothing was imported"), "{err}");
+    let export = hikmah(&db, &["memory", "export", "--user", "u-bad"], &[], None);
+    assert!(export.status.success());
+    assert!(note_rows(&export).is_empty(), "nothing half-imported");
+    db.cleanup().await;
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hikmah_tests::model::{embed_config, embedder};
-use shared::config::EmbedConfig;
+use shared::config::{EmbedConfig, EmbedModel};
 use shared::embed::{EmbedError, Embedder, MAX_TOKENS};
 use shared::types::{Embedding, EMBEDDING_DIM};
 
@@ -96,6 +96,30 @@ fn each_reference_sentence_is_within_cosine_0_99_of_fp32_sentence_transformers()
         "lowest cosine vs reference: {:.5} for {:?}",
         worst.0, worst.1
     );
+}
+
+/// Both models of `EMBED_MODEL` load and agree with the fp32 reference: the int8-compute
+/// default (`int8`) and the switch back to the pinned model (`shipped`).
+#[test]
+fn both_embed_models_load_and_are_within_cosine_0_99_of_the_reference() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    for model in [EmbedModel::Int8, EmbedModel::Shipped] {
+        let e = Embedder::load(&EmbedConfig {
+            model,
+            ..embed_config()
+        })
+        .unwrap_or_else(|e| panic!("{model:?}: {e}"));
+        assert!(e.model_path().ends_with(model.file_name()));
+        let got = e.embed_blocking(&texts).unwrap();
+        let worst = refs
+            .iter()
+            .zip(&got)
+            .map(|(r, e)| cosine(e.as_slice(), &r.embedding))
+            .fold(f32::MAX, f32::min);
+        assert!(worst >= 0.99, "{model:?}: lowest cosine {worst}");
+        eprintln!("{model:?}: lowest cosine vs reference {worst:.5}");
+    }
 }
 
 #[test]
@@ -249,7 +273,10 @@ fn loading_from_a_missing_model_dir_names_the_missing_file() {
     let text = err.to_string();
     assert!(matches!(err, EmbedError::MissingFile { .. }), "{text}");
     assert!(
-        text.contains("/nonexistent/hikmah/model/model.onnx"),
+        text.contains(&format!(
+            "/nonexistent/hikmah/model/{}",
+            cfg.model.file_name()
+        )),
         "{text}"
     );
     assert!(text.contains("scripts/setup.sh"), "{text}");
@@ -280,7 +307,8 @@ fn a_corrupt_model_file_is_an_error_naming_it() {
         dir.join("tokenizer.json"),
     )
     .unwrap();
-    std::fs::write(dir.join("model.onnx"), b"not an onnx model").unwrap();
+    let file = good.model.file_name();
+    std::fs::write(dir.join(file), b"not an onnx model").unwrap();
     let err = Embedder::load(&EmbedConfig {
         model_dir: dir.clone(),
         ..good
@@ -289,7 +317,7 @@ fn a_corrupt_model_file_is_an_error_naming_it() {
     let text = err.to_string();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(matches!(err, EmbedError::Model { .. }), "{text}");
-    assert!(text.contains("model.onnx"), "{text}");
+    assert!(text.contains(file), "{text}");
 }
 
 #[test]

@@ -24,4 +24,5 @@ mod memory_routes;
 mod migrations;
 mod note_extraction;
 mod pool;
+mod prefilter;
 mod scripts;

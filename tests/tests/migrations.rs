@@ -109,6 +109,10 @@ async fn the_tables_match_the_design() {
             "created_at timestamp with time zone NO",
             "last_seen_at timestamp with time zone NO",
             "source_event_id uuid YES",
+            // Generated from `embedding` (migration 3): the prefilter's signature and the
+            // exact floats as bytes.
+            "signature bit YES",
+            "embedding_f32 bytea YES",
         ]
     );
     assert_eq!(

@@ -52,9 +52,9 @@ pub enum InitError {
 pub struct InitTimings {
     /// Reading the configuration.
     pub config: Duration,
-    /// Building the pool and opening its warm connection.
+    /// Building the pool and opening its warm connection (alongside the embedder's load).
     pub db: Duration,
-    /// Loading the model and tokenizer.
+    /// Loading the model and tokenizer (alongside the pool's warm connection).
     pub embedder: Duration,
     /// All of init.
     pub total: Duration,
@@ -98,13 +98,21 @@ impl Consumer {
         let judge = JudgeConfig::from_env(env)?;
         let config = started.elapsed();
 
+        // The pool's warm connection (network round trips) and the embedder (CPU: reading the
+        // model and building the session) do not depend on each other: build them at once, so
+        // cold init costs the longer of the two, not their sum.
+        let embedder_task = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            Embedder::load(&embed_cfg).map(|e| (e, t.elapsed()))
+        });
         let t = Instant::now();
-        let db = Db::connect(&db_cfg).await?;
+        let db = Db::connect(&db_cfg).await;
         let db_time = t.elapsed();
-
-        let t = Instant::now();
-        let embedder = Embedder::load(&embed_cfg)?;
-        let embedder_time = t.elapsed();
+        let loaded = embedder_task
+            .await
+            .map_err(|e| EmbedError::Task(e.to_string()))?;
+        let db = db?;
+        let (embedder, embedder_time) = loaded?;
 
         let concurrency = db.pool().status().max_size;
         let policy = DedupPolicy::from(&dedup);

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0002_note_variants.sql"),
     },
     Migration {
+        version: 3,
+        name: "embedding_signature",
+        sql: include_str!("../../migrations/0003_embedding_signature.sql"),
+    },
+    Migration {
         version: 4,
         name: "forgotten_users",
         sql: include_str!("../../migrations/0004_forgotten_users.sql"),

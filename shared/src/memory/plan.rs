@@ -14,6 +14,7 @@
 //!   `times_seen` counts events, not sentences.
 
 use crate::memory::dedup::{Decision, DedupPolicy, Evidence, JudgeBand, NoteRef, Spans};
+use crate::memory::prefilter::may_reach;
 use crate::types::{Embedding, NoteId};
 
 /// A candidate note, ready to be stored.
@@ -250,6 +251,9 @@ pub fn plan(
         )
     }));
 
+    let floor = evidence
+        .judge_band()
+        .map_or(policy.threshold, |band| band.low.min(policy.threshold));
     let mut actions = Vec::with_capacity(candidates.len());
     for (index, candidate) in candidates.iter().enumerate() {
         let this = NoteRef {
@@ -257,11 +261,13 @@ pub fn plan(
             content_hash: &candidate.content_hash,
             embedding: &candidate.embedding,
         };
-        let matched = policy.best_match(
-            this,
-            notes.iter().enumerate().map(|(i, (n, _))| (i, *n)),
-            evidence,
-        );
+        // Only notes that can be duplicates reach the (exact) decision: the same hash, or a
+        // cosine that may reach the threshold, or the judge's band when it decides (a proven
+        // bound, so no decision changes).
+        let comparable = notes.iter().enumerate().filter(|(_, (n, _))| {
+            n.content_hash == this.content_hash || may_reach(n.embedding, this.embedding, floor)
+        });
+        let matched = policy.best_match(this, comparable.map(|(i, (n, _))| (i, *n)), evidence);
         let action = match matched {
             None => {
                 notes.push((this, Origin::EarlierCandidate(index)));

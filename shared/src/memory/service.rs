@@ -16,6 +16,7 @@ use crate::memory::dedup::{
     embedding_text, Decision, DedupPolicy, Evidence, NoteRef, Spans, Verdict, Verdicts,
 };
 use crate::memory::extract::{DefaultExtractor, NoteExtractor};
+use crate::memory::import::IMPORT_BATCH;
 use crate::memory::judge::Judge;
 use crate::memory::llm_extract::LlmExtractor;
 use crate::memory::normalize::content_hash;
@@ -274,6 +275,72 @@ impl MemoryService {
             );
         }
         Ok(verdicts)
+    }
+}
+
+/// What importing notes did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// Notes read.
+    pub notes: usize,
+    /// Notes inserted.
+    pub notes_added: u32,
+    /// Existing notes reinforced (at most once each per import).
+    pub notes_reinforced: u32,
+    /// Notes that duplicated an existing note or an earlier note of the import.
+    pub duplicates: u32,
+    /// Time spent embedding.
+    pub embed_time: Duration,
+    /// Time spent in the database.
+    pub db_time: Duration,
+}
+
+impl MemoryService {
+    /// Imports `notes` into `user`'s memory: embedded in batches of [`IMPORT_BATCH`] (calling
+    /// `progress(embedded, total)` after each), then deduplicated exactly as the consumer does
+    /// (against the user's notes and the import's earlier notes) and written in one
+    /// transaction under the user's lock: all or nothing.
+    pub async fn import(
+        &self,
+        user: &UserId,
+        notes: Vec<String>,
+        progress: &mut (dyn FnMut(usize, usize) + Send),
+    ) -> Result<ImportOutcome, MemoryError> {
+        let started = Instant::now();
+        let total = notes.len();
+        let mut embeddings = Vec::with_capacity(total);
+        for batch in notes.chunks(IMPORT_BATCH) {
+            let texts: Vec<String> = batch.iter().map(|n| embedding_text(n)).collect();
+            let got = self.embedder.embed_texts(texts).await?;
+            if got.len() != batch.len() {
+                return Err(MemoryError::EmbedCount {
+                    expected: batch.len(),
+                    got: got.len(),
+                });
+            }
+            embeddings.extend(got);
+            progress(embeddings.len(), total);
+        }
+        let embed_time = started.elapsed();
+        let candidates: Vec<Candidate> = notes
+            .into_iter()
+            .zip(embeddings)
+            .map(|(text, embedding)| Candidate {
+                content_hash: content_hash(&text),
+                text,
+                embedding,
+            })
+            .collect();
+        let started = Instant::now();
+        let stored = self.store.import(user, &candidates).await?;
+        Ok(ImportOutcome {
+            notes: total,
+            notes_added: stored.notes_added,
+            notes_reinforced: stored.notes_reinforced,
+            duplicates: stored.duplicates,
+            embed_time,
+            db_time: started.elapsed(),
+        })
     }
 }
 

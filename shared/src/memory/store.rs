@@ -7,8 +7,10 @@
 //!    the record succeeds and nothing is written: an old event cannot bring a note back;
 //! 3. `INSERT INTO processed_events ... ON CONFLICT DO NOTHING`: a conflict means the event was
 //!    already applied (a redelivery), so the record succeeds and nothing else changes;
-//! 4. the user's notes are loaded and [`plan`] decides each candidate (insert, reinforce a
-//!    note at most once per event, or skip a repeat);
+//! 4. the user's notes that a candidate may duplicate are loaded (the
+//!    [`prefilter`](super::prefilter): same hash, or a signature close enough to a candidate's;
+//!    the rest cannot change the decision) and the pure plan decides each candidate (insert,
+//!    reinforce a note at most once per event, or skip a repeat);
 //! 5. the plan is executed: new notes are inserted, matched notes reinforced (`times_seen + 1`,
 //!    `last_seen_at`), and every candidate judged a *semantic* duplicate is kept as a variant of
 //!    the note it matched (`note_variants`, the most recent `variants_max` per note), so a merge
@@ -23,13 +25,20 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
 use crate::config::DedupConfig;
 use crate::db::{Client, Db};
 use crate::memory::decide::Decider;
 use crate::memory::dedup::{Decision, Reason, Verdicts};
 use crate::memory::plan::{Action, Candidate, KnownNote, SkipReason};
+use crate::memory::prefilter::{decode_f32, signature, signature_radius};
 use crate::memory::MemoryError;
-use crate::types::{Embedding, EventId, NoteId, UserId};
+use crate::types::{EventId, NoteId, UserId};
+
+type Transaction<'a> = deadpool_postgres::Transaction<'a>;
 
 /// One event's candidates, ready to be applied.
 #[derive(Debug, Clone)]
@@ -89,6 +98,14 @@ pub trait MemoryStore: Send + Sync {
         &'a self,
         user: &'a UserId,
     ) -> BoxFuture<'a, Result<Vec<KnownNote>, MemoryError>>;
+
+    /// Adds `candidates` to the user's memory in one transaction, deduplicated as events are
+    /// (against the user's notes and each other); no event is recorded.
+    fn import<'a>(
+        &'a self,
+        user: &'a UserId,
+        candidates: &'a [Candidate],
+    ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>>;
 }
 
 /// The PostgreSQL store (tables `memory_notes` and `processed_events`).
@@ -145,8 +162,19 @@ impl MemoryStore for PgMemoryStore {
     ) -> BoxFuture<'a, Result<Vec<KnownNote>, MemoryError>> {
         Box::pin(
             self.db
-                .run(move |conn| async move { load_notes(&*conn, user.as_str()).await }),
+                .run(move |conn| async move { all_notes(&*conn, user.as_str()).await }),
         )
+    }
+
+    fn import<'a>(
+        &'a self,
+        user: &'a UserId,
+        candidates: &'a [Candidate],
+    ) -> BoxFuture<'a, Result<StoreOutcome, MemoryError>> {
+        let (decider, max) = (&self.decider, self.variants_max);
+        Box::pin(self.db.run(move |mut conn| async move {
+            import_in_transaction(&mut conn, decider, max, user, candidates).await
+        }))
     }
 }
 
@@ -195,15 +223,53 @@ async fn apply_in_transaction(
         });
     }
 
-    let known = load_notes(&tx, user).await?;
-
-    let mut outcome = StoreOutcome::default();
+    // Pairs below the threshold can still merge inside the judge's band: read those notes too.
+    let floor = record
+        .verdicts
+        .as_ref()
+        .map_or(decider.policy().threshold, |v| {
+            v.band().low.min(decider.policy().threshold)
+        });
+    let known = comparable_notes(&tx, user, &record.candidates, floor).await?;
     let actions = decider
         .actions(&known, &record.candidates, record.verdicts.as_ref())
         .await?;
+    let outcome = execute_actions(
+        &tx,
+        user,
+        &record.candidates,
+        actions,
+        Some(event),
+        variants_max,
+    )
+    .await?;
+
+    let added = i32::try_from(outcome.notes_added).unwrap_or(i32::MAX);
+    let reinforced = i32::try_from(outcome.notes_reinforced).unwrap_or(i32::MAX);
+    tx.execute(
+        "UPDATE processed_events SET notes_added = $2, notes_reinforced = $3 WHERE event_id = $1",
+        &[&event, &added, &reinforced],
+    )
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(outcome)
+}
+
+/// Runs the plan's statements: inserts, reinforcements, and a variant for every semantic
+/// duplicate (`source_event` is `None` for an import).
+async fn execute_actions(
+    tx: &Transaction<'_>,
+    user: &str,
+    candidates: &[Candidate],
+    actions: Vec<Action>,
+    source_event: Option<uuid::Uuid>,
+    variants_max: u32,
+) -> Result<StoreOutcome, MemoryError> {
+    let mut outcome = StoreOutcome::default();
     // The id each inserted candidate got, for variants of later candidates that repeat it.
-    let mut inserted_ids: Vec<Option<i64>> = vec![None; record.candidates.len()];
-    for (index, (candidate, action)) in record.candidates.iter().zip(actions).enumerate() {
+    let mut inserted_ids: Vec<Option<i64>> = vec![None; candidates.len()];
+    for (index, (candidate, action)) in candidates.iter().zip(actions).enumerate() {
         let variant_of = match action {
             Action::Insert => {
                 // Every stored hash of the user was compared under the lock, so a conflict
@@ -216,7 +282,7 @@ async fn apply_in_transaction(
                          ON CONFLICT (user_id, content_hash) \
                          DO UPDATE SET times_seen = memory_notes.times_seen + 1, last_seen_at = now() \
                          RETURNING id, (xmax = 0) AS inserted",
-                        &[&user, &candidate.text, &candidate.content_hash, &candidate.embedding.as_slice(), &event],
+                        &[&user, &candidate.text, &candidate.content_hash, &candidate.embedding.as_slice(), &source_event],
                     )
                     .await
                     .map_err(db)?;
@@ -254,59 +320,109 @@ async fn apply_in_transaction(
         };
         if let Some((Some(note_id), decision)) = variant_of {
             if decision.reason != Reason::ExactMatch && variants_max > 0 {
-                insert_variant(&tx, note_id, candidate, event, &decision, variants_max).await?;
+                insert_variant(
+                    tx,
+                    note_id,
+                    candidate,
+                    source_event,
+                    &decision,
+                    variants_max,
+                )
+                .await?;
                 outcome.variants_added += 1;
             }
         }
     }
+    Ok(outcome)
+}
 
-    let added = i32::try_from(outcome.notes_added).unwrap_or(i32::MAX);
-    let reinforced = i32::try_from(outcome.notes_reinforced).unwrap_or(i32::MAX);
+async fn import_in_transaction(
+    client: &mut Client,
+    decider: &Decider,
+    variants_max: u32,
+    user: &UserId,
+    candidates: &[Candidate],
+) -> Result<StoreOutcome, MemoryError> {
+    let user = user.as_str();
+    let tx = client.transaction().await.map_err(db)?;
     tx.execute(
-        "UPDATE processed_events SET notes_added = $2, notes_reinforced = $3 WHERE event_id = $1",
-        &[&event, &added, &reinforced],
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+        &[&user, &USER_LOCK_SEED],
     )
     .await
     .map_err(db)?;
+    let known = all_notes(&tx, user).await?;
+    let actions = decider.actions(&known, candidates, None).await?;
+    let outcome = execute_actions(&tx, user, candidates, actions, None, variants_max).await?;
     tx.commit().await.map_err(db)?;
     Ok(outcome)
 }
 
-/// The user's notes with their embeddings (inside the record's transaction, or alone).
-async fn load_notes(
-    client: &impl deadpool_postgres::GenericClient,
+/// The user's notes that one of `candidates` may duplicate at cosine `floor` or above, in id
+/// order (see [`prefilter`](super::prefilter)): the same content hash, or a signature within
+/// [`signature_radius`] of a candidate's. Every other note is below `floor` with every
+/// candidate, so the plan decides exactly as if it had read them all.
+pub async fn comparable_notes(
+    tx: &impl GenericClient,
     user: &str,
+    candidates: &[Candidate],
+    floor: f32,
 ) -> Result<Vec<KnownNote>, MemoryError> {
-    let rows = client
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hashes: Vec<&str> = candidates.iter().map(|c| c.content_hash.as_str()).collect();
+    let signatures: Vec<String> = candidates.iter().map(|c| signature(&c.embedding)).collect();
+    let radius = i64::from(signature_radius(floor));
+    // One Hamming test per candidate (3 at most per event), each a plain parameter so the
+    // planner sees no subquery per row.
+    let tests: Vec<String> = (0..signatures.len())
+        .map(|i| format!("bit_count(signature # ${}::text::bit(384)) <= $3", i + 4))
+        .collect();
+    let sql = format!(
+        "SELECT id, content, content_hash, embedding_f32 FROM memory_notes \
+         WHERE user_id = $1 AND (content_hash = ANY($2) OR {}) ORDER BY id",
+        tests.join(" OR ")
+    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user, &hashes, &radius];
+    params.extend(signatures.iter().map(|s| s as &(dyn ToSql + Sync)));
+    let rows = tx.query(&sql, &params).await.map_err(db)?;
+    rows.iter().map(known_note).collect()
+}
+
+/// Every note of the user, in id order (an import compares each of its notes with all of them;
+/// the judge's read before the transaction too).
+pub async fn all_notes(tx: &impl GenericClient, user: &str) -> Result<Vec<KnownNote>, MemoryError> {
+    let rows = tx
         .query(
-            "SELECT id, content, content_hash, embedding FROM memory_notes WHERE user_id = $1",
+            "SELECT id, content, content_hash, embedding_f32 FROM memory_notes \
+             WHERE user_id = $1 ORDER BY id",
             &[&user],
         )
         .await
         .map_err(db)?;
-    let mut known = Vec::with_capacity(rows.len());
-    for row in rows {
-        let id = NoteId(row.try_get(0).map_err(db)?);
-        let raw: Vec<f32> = row.try_get(3).map_err(db)?;
-        let embedding = Embedding::from_stored(raw)
-            .map_err(|source| MemoryError::CorruptNote { id, source })?;
-        known.push(KnownNote {
-            id,
-            text: row.try_get(1).map_err(db)?,
-            content_hash: row.try_get(2).map_err(db)?,
-            embedding,
-        });
-    }
-    Ok(known)
+    rows.iter().map(known_note).collect()
+}
+
+fn known_note(row: &Row) -> Result<KnownNote, MemoryError> {
+    let id = NoteId(row.try_get(0).map_err(db)?);
+    let raw: &[u8] = row.try_get(3).map_err(db)?;
+    let embedding = decode_f32(raw).map_err(|source| MemoryError::CorruptNote { id, source })?;
+    Ok(KnownNote {
+        id,
+        text: row.try_get(1).map_err(db)?,
+        content_hash: row.try_get(2).map_err(db)?,
+        embedding,
+    })
 }
 
 /// Keeps `candidate` as a variant of note `note_id`, then drops the note's variants beyond the
 /// most recent `max`.
 async fn insert_variant(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     note_id: i64,
     candidate: &Candidate,
-    event: uuid::Uuid,
+    event: Option<uuid::Uuid>,
     decision: &Decision,
     max: u32,
 ) -> Result<(), MemoryError> {

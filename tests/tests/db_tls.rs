@@ -99,6 +99,15 @@ impl TlsCluster {
 
     /// Like [`TlsCluster::start`], with `hba` lines placed before the catch-all trust entry.
     fn start_with_hba(hba: &str) -> Self {
+        Self::start_with(hba, false)
+    }
+
+    /// Like [`TlsCluster::start`], but the server's certificate signs itself (no CA issued it).
+    fn start_self_signed() -> Self {
+        Self::start_with("", true)
+    }
+
+    fn start_with(hba: &str, self_signed: bool) -> Self {
         let bindir = pg_bindir();
         let dir = std::env::temp_dir().join(format!(
             "hikmah-tls-{}-{}",
@@ -109,40 +118,60 @@ impl TlsCluster {
         make_certs(&dir, "ca");
         make_certs(&dir, "other-ca");
         let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(&dir).args(args));
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ]);
+        if self_signed {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.crt",
+            ]);
+        } else {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ]);
+            std::fs::write(
+                dir.join("server.ext"),
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.crt",
+            ]);
+        }
         if is_root() {
             run(Command::new("chown").args(["-R", "postgres:"]).arg(&dir));
         }
@@ -256,6 +285,27 @@ async fn tls_connections_to_a_server_that_requires_tls() {
     let db = pool(&cluster.url("127.0.0.1", "disable"), None).unwrap();
     let err = session_is_encrypted(&db).await.unwrap_err();
     assert!(err.to_string().contains("sslmode=require"), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_with_a_self_signed_certificate_is_refused_when_a_ca_bundle_is_given() {
+    let cluster = tokio::task::spawn_blocking(TlsCluster::start_self_signed)
+        .await
+        .unwrap();
+    // The client trusts a real CA (as the functions trust the RDS bundle), which did not sign
+    // the server's certificate: refused, and the error names the bundle's variable.
+    let ca = cluster.dir.join("ca.crt");
+    for host in ["localhost", "127.0.0.1"] {
+        let db = pool(&cluster.url(host, "require"), Some(&ca)).unwrap();
+        let err = session_is_encrypted(&db).await.unwrap_err();
+        assert!(err.is_connection(), "{err}");
+        assert!(err.to_string().contains("PGSSLROOTCERT"), "{err}");
+    }
+
+    // Without a bundle the same server is accepted, encrypted but unverified (libpq's
+    // `require`): what DbVerifyServerCertificate=false means.
+    let db = pool(&cluster.url("localhost", "require"), None).unwrap();
+    assert!(session_is_encrypted(&db).await.unwrap());
 }
 
 const ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:hikmah-db-AbCdEf";

@@ -86,3 +86,140 @@ fn a_throwaway_cluster_started_from_a_private_directory_prints_no_permission_err
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A CA certificate made by `openssl` in `dir`, standing in for the RDS bundle; returns its path.
+fn make_ca_bundle(dir: &Path, name: &str) -> PathBuf {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", &format!("/CN={name}")])
+        .args([
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ])
+        .output()
+        .expect("openssl is needed (installed with PostgreSQL by scripts/test.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join(format!("{name}.pem"))
+}
+
+/// `ensure_db_ca_bundle` with a manifest whose db-ca line pins `pin`, from the local `bundle`
+/// (never the network), writing `out`.
+fn db_ca_bundle_with_pin(dir: &Path, bundle: &Path, pin: &str, out: &Path) -> (bool, String) {
+    let manifest = dir.join("artifacts.txt");
+    std::fs::write(
+        &manifest,
+        format!("# test manifest\ndb-ca  https://ca.invalid/global-bundle.pem  {pin}\n"),
+    )
+    .unwrap();
+    let run = with_lib(
+        dir,
+        &format!(
+            "HIKMAH_DB_CA_BUNDLE='{}' ensure_db_ca_bundle '{}' '{}'",
+            bundle.display(),
+            out.display(),
+            manifest.display()
+        ),
+    );
+    (
+        run.status.success(),
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_database_ca_bundle_is_shipped_only_when_its_sha256_matches_the_pin() {
+    let dir = private_dir("db-ca");
+    let bundle = make_ca_bundle(&dir, "ca");
+    let other = make_ca_bundle(&dir, "other-ca");
+    let sha = |p: &Path| {
+        let out = Command::new("sha256sum").arg(p).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+    };
+    let out = dir.join("layer/certs/rds-global-bundle.pem");
+
+    // Unpinned: refused before any download, saying how to get the digest and where it goes.
+    let (ok, stderr) = db_ca_bundle_with_pin(&dir, &bundle, "UNPINNED", &out);
+    assert!(!ok, "an unpinned bundle was accepted");
+    assert!(stderr.contains("not pinned"), "{stderr}");
+    assert!(stderr.contains("| sha256sum"), "{stderr}");
+    assert!(stderr.contains("artifacts.txt"), "{stderr}");
+    assert!(!out.exists(), "an unpinned bundle was written");
+
+    // Pinned to another bundle: refused, nothing left behind.
+    let (ok, stderr) = db_ca_bundle_with_pin(&dir, &bundle, &sha(&other), &out);
+    assert!(!ok, "a bundle not matching its pin was accepted");
+    assert!(stderr.contains("does not match the pinned"), "{stderr}");
+    assert!(!out.exists() && !out.with_extension("pem.tmp").exists());
+
+    // A malformed pin is refused too.
+    let (ok, stderr) = db_ca_bundle_with_pin(&dir, &bundle, "abc", &out);
+    assert!(!ok && stderr.contains("sha256"), "{stderr}");
+
+    // Matching: shipped as it is.
+    let (ok, stderr) = db_ca_bundle_with_pin(&dir, &bundle, &sha(&bundle), &out);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&bundle).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `make build-DbCaBundleLayer` as `sam build` runs it, with the repository's own manifest.
+fn build_ca_layer(dir: &Path, ca_bundle: &str) -> (bool, String, PathBuf) {
+    let artifacts = dir.join(format!("layer-{}", uuid::Uuid::new_v4().simple()));
+    let run = Command::new("make")
+        .current_dir(dir)
+        .arg("-s")
+        .arg("-f")
+        .arg(root().join("layer/Makefile"))
+        .arg("build-DbCaBundleLayer")
+        .arg(format!("ARTIFACTS_DIR={}", artifacts.display()))
+        .env("HIKMAH_DB_CA_BUNDLE", ca_bundle)
+        .output()
+        .expect("make is needed to build the layers");
+    (
+        run.status.success(),
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+        artifacts,
+    )
+}
+
+#[test]
+fn the_ca_layer_build_refuses_a_bundle_that_is_not_the_pinned_one_unless_told_to_ship_none() {
+    let dir = private_dir("db-ca-layer");
+    let impostor = make_ca_bundle(&dir, "impostor");
+
+    // Whether the repository's pin is still UNPINNED or the real digest, a self-made bundle
+    // never gets into the layer.
+    let (ok, stderr, layer) = build_ca_layer(&dir, &impostor.display().to_string());
+    assert!(
+        !ok,
+        "the layer was built with an unpinned bundle:\n{stderr}"
+    );
+    assert!(
+        !layer.join("certs/rds-global-bundle.pem").exists(),
+        "{stderr}"
+    );
+
+    // The explicit opt-out builds a layer without a bundle, loudly.
+    let (ok, stderr, layer) = build_ca_layer(&dir, "none");
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("WARNING"), "{stderr}");
+    assert!(
+        stderr.contains("DbVerifyServerCertificate=false"),
+        "{stderr}"
+    );
+    assert!(!layer.join("certs/rds-global-bundle.pem").exists());
+    assert!(layer.join("certs/NO-BUNDLE.txt").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -109,6 +109,9 @@ async fn the_tables_match_the_design() {
             "created_at timestamp with time zone NO",
             "last_seen_at timestamp with time zone NO",
             "source_event_id uuid YES",
+            // Migration 3: derived from `embedding` (GENERATED), read by the dedup prefilter.
+            "signature bit NO",
+            "embedding_f32 bytea NO",
         ]
     );
     assert_eq!(

@@ -109,8 +109,8 @@ async fn the_tables_match_the_design() {
             "created_at timestamp with time zone NO",
             "last_seen_at timestamp with time zone NO",
             "source_event_id uuid YES",
-            // Migration 3: derived from `embedding` (GENERATED, so never null in practice: the
-            // functions are STRICT and `embedding` is NOT NULL), read by the dedup prefilter.
+            // Generated from `embedding` (migration 3): the prefilter's signature and the
+            // exact floats as bytes.
             "signature bit YES",
             "embedding_f32 bytea YES",
         ]

@@ -204,11 +204,6 @@ fn embed_table(base: &EmbedConfig, seconds: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resets the process's peak RSS (VmHWM); best effort (Linux ≥ 4.0).
-pub(crate) fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// The process's peak resident set size in MiB, from `VmHWM` in /proc/self/status.
 fn peak_rss_mib() -> Option<f64> {
     status_kib("VmHWM").map(|kib| kib as f64 / 1024.0)

@@ -2,8 +2,8 @@
 //! user's memory size, and what a batch of 10 sustains. Runs the real handler in this process
 //! against the database at `DATABASE_URL` (migrated first; the bench's own users are deleted at
 //! the end) with the real embedder. Existing notes are realistic ([`bench_notes`]) and go in
-//! through `hikmah memory import`'s path (embedded by the model, deduplicated), once for the
-//! largest row; smaller rows copy that user's first notes. `--json` prints one object for
+//! through `hikmah memory import` (a child process: embedded by the model, deduplicated), once
+//! for the largest row; smaller rows copy that user's first notes. `--json` prints one object for
 //! scripts instead of the tables.
 //!
 //! [`bench_notes`]: crate::bench_notes
@@ -186,10 +186,8 @@ async fn measure(
 ) -> anyhow::Result<(Vec<Row>, Vec<BatchRow>, Seeding)> {
     let largest = args.notes.iter().copied().max().unwrap_or(0).max(100);
     let source = UserId::parse(&format!("bench-{run_id}-seed"))?;
-    let seeding = seed(service, db, &source, largest).await?;
-    // The peak reported is the consumer's under load, not the seeding import's (which holds
-    // every imported note in memory at once).
-    crate::bench::reset_peak_rss();
+    let seeding = seed(db, &source, largest).await?;
+    // The peak reported is the consumer's under load (and its init), not the copies' below.
 
     let mut rows = Vec::new();
     let mut counter = 0usize;
@@ -292,16 +290,13 @@ fn message(user: &UserId, i: usize) -> ElaborationCompleted {
     )
 }
 
-/// Gives `user` exactly `n` realistic notes through the import path, in rounds: each round
-/// imports as many new lines as notes are missing (duplicates are merged, as an import does).
-async fn seed(
-    service: &MemoryService,
-    db: &Db,
-    user: &UserId,
-    n: usize,
-) -> anyhow::Result<Seeding> {
+/// Gives `user` exactly `n` realistic notes through `hikmah memory import` (this binary, in a
+/// child process, so the seeding's memory is not counted as the consumer's), in rounds: each
+/// round imports as many new lines as notes are missing (duplicates are merged, as an import does).
+async fn seed(db: &Db, user: &UserId, n: usize) -> anyhow::Result<Seeding> {
     let started = Instant::now();
     let (mut have, mut lines, mut round) = (0usize, 0usize, 0u64);
+    let exe = std::env::current_exe().context("locating the hikmah binary for the import")?;
     while have < n {
         // The generator's sentences run out of new meanings long before this; a bug, not a wait.
         anyhow::ensure!(
@@ -311,12 +306,29 @@ async fn seed(
         );
         let notes = realistic_notes(NOTES_SEED + round, n - have);
         lines += notes.len();
-        let mut progress = |done: usize, total: usize| {
-            if done == total || done.is_multiple_of(2048) {
-                eprintln!("bench consumer: seeding, embedded {done}/{total} (round {round})");
-            }
-        };
-        service.import(user, notes, &mut progress).await?;
+        let mut input = String::new();
+        for note in &notes {
+            input.push_str(&serde_json::json!({ "content": note }).to_string());
+            input.push('\n');
+        }
+        let (exe, user_arg) = (exe.clone(), user.as_str().to_owned());
+        let status =
+            tokio::task::spawn_blocking(move || -> std::io::Result<std::process::ExitStatus> {
+                use std::io::Write;
+                let mut child = std::process::Command::new(exe)
+                    .args(["memory", "import", "--user", &user_arg])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()?;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin.write_all(input.as_bytes())?;
+                }
+                child.wait()
+            })
+            .await
+            .context("the import task panicked")?
+            .context("running hikmah memory import")?;
+        anyhow::ensure!(status.success(), "hikmah memory import failed: {status}");
         have = note_count(db, user).await?;
         round += 1;
     }

@@ -801,7 +801,8 @@ mod tests {
     }
 
     #[test]
-    fn span_threshold_and_variants_max_out_of_range_name_their_variable() {
+    fn span_threshold_and_variants_max_out_of_range_name_their_variable(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         for (name, bad) in [
             ("DEDUP_SPAN_THRESHOLD", "2"),
             ("DEDUP_SPAN_THRESHOLD", "x"),
@@ -811,8 +812,9 @@ mod tests {
             let err = DedupConfig::from_env(&env(&[(name, bad)])).unwrap_err();
             assert!(err.to_string().contains(name), "{name}={bad}: {err}");
         }
-        let cfg = DedupConfig::from_env(&env(&[])).unwrap();
+        let cfg = DedupConfig::from_env(&env(&[]))?;
         assert_eq!(cfg.variants_max, DedupConfig::DEFAULT_VARIANTS_MAX);
+        Ok(())
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Rendering errors for messages that cross a boundary (a client, a log line, another error).
+//! Rendering errors (and caught panics) for messages that cross a boundary (a client, a log line,
+//! another error).
 
 use std::error::Error;
 
@@ -18,6 +19,17 @@ pub fn chain(err: &dyn Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The message a panic was raised with (what `panic!` formatted), for reporting a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
 }
 
 #[cfg(test)]

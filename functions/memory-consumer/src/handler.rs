@@ -310,19 +310,9 @@ async fn apply_record(
     match joined {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(err)) => Err(RecordError::Memory(err)),
-        Err(join) if join.is_panic() => {
-            Err(RecordError::Panicked(panic_message(join.into_panic())))
-        }
+        Err(join) if join.is_panic() => Err(RecordError::Panicked(shared::error::panic_message(
+            &*join.into_panic(),
+        ))),
         Err(_) => Err(RecordError::Cancelled),
-    }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }

@@ -180,7 +180,7 @@ where
                 format!(
                     "the migration code panicked ({}): nothing was committed; this is a bug, \
                      report it with the function's logs",
-                    panic_message(join.into_panic())
+                    shared::error::panic_message(&*join.into_panic())
                 )
             } else {
                 "the migration task was cancelled (the function is shutting down)".to_owned()
@@ -196,16 +196,6 @@ where
         Err(reason) => tracing::error!(request = info.kind, %reason, "migrations failed"),
     }
     respond(http, &info, outcome).await
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }
 
 /// Connects with the function's configuration and applies pending migrations within `budget`.

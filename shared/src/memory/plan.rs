@@ -207,6 +207,15 @@ fn for_each_pair<'a>(
 }
 
 impl Candidate {
+    /// A candidate note with its content hash computed from `text`.
+    pub fn new(text: String, embedding: Embedding) -> Self {
+        Self {
+            content_hash: super::normalize::content_hash(&text),
+            text,
+            embedding,
+        }
+    }
+
     fn as_ref(&self) -> NoteRef<'_> {
         NoteRef {
             text: &self.text,

@@ -207,11 +207,7 @@ impl MemoryService {
         let candidates: Vec<Candidate> = notes
             .into_iter()
             .zip(embeddings)
-            .map(|(text, embedding)| Candidate {
-                content_hash: content_hash(&text),
-                text,
-                embedding,
-            })
+            .map(|(text, embedding)| Candidate::new(text, embedding))
             .collect();
         let started = Instant::now();
         let verdicts = match &self.judge {
@@ -325,11 +321,7 @@ impl MemoryService {
         let candidates: Vec<Candidate> = notes
             .into_iter()
             .zip(embeddings)
-            .map(|(text, embedding)| Candidate {
-                content_hash: content_hash(&text),
-                text,
-                embedding,
-            })
+            .map(|(text, embedding)| Candidate::new(text, embedding))
             .collect();
         let started = Instant::now();
         let stored = self.store.import(user, &candidates).await?;

@@ -8,7 +8,8 @@ trap 'rm -f "$HIKMAH_CACHE_DIR/local.env"; cleanup' EXIT
 cd "$HIKMAH_ROOT"
 log "building hikmah (release; the first build takes a few minutes)"
 cargo build --release -q -p hikmah
-HIKMAH="$HIKMAH_ROOT/target/release/hikmah"
+# Where cargo put it: CARGO_TARGET_DIR when the user keeps one target directory elsewhere.
+HIKMAH="${CARGO_TARGET_DIR:-$HIKMAH_ROOT/target}/release/hikmah"
 # What scripts/hikmah needs to talk to this pipeline from another terminal.
 {
   echo "DATABASE_URL=$DATABASE_URL"

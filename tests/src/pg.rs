@@ -151,6 +151,21 @@ impl TestDb {
         connect(&self.url, &format!("{}-admin", self.application_name)).await
     }
 
+    /// (content, times_seen) of the user's notes, oldest first.
+    pub async fn notes(&self, user: &str) -> Vec<(String, i32)> {
+        self.admin()
+            .await
+            .query(
+                "SELECT content, times_seen FROM memory_notes WHERE user_id = $1 ORDER BY id",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
     /// The application's sessions on this database (by `application_name`), excluding admin ones.
     pub async fn app_backends(&self) -> Vec<Backend> {
         let admin = self.admin().await;

@@ -105,17 +105,7 @@ async fn setup() -> Setup {
 
 /// (content, times_seen) of the user's notes, oldest first.
 async fn notes(tdb: &TestDb, user: &str) -> Vec<(String, i32)> {
-    tdb.admin()
-        .await
-        .query(
-            "SELECT content, times_seen FROM memory_notes WHERE user_id = $1 ORDER BY id",
-            &[&user],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    tdb.notes(user).await
 }
 
 async fn processed_events(tdb: &TestDb) -> i64 {

@@ -12,13 +12,11 @@ use shared::config::{
 use shared::db::{Db, DbError};
 use shared::embed::{EmbedError, Embedder};
 use shared::llm::LlmError;
-use shared::memory::decide::Decider;
 use shared::memory::dedup::DedupPolicy;
-use shared::memory::extract::{DefaultExtractor, NoteExtractor};
+use shared::memory::extract::DefaultExtractor;
 use shared::memory::judge::Judge;
 use shared::memory::llm_extract::LlmExtractor;
-use shared::memory::service::{MemoryService, TextEmbedder};
-use shared::memory::store::PgMemoryStore;
+use shared::memory::service::MemoryService;
 use shared::metrics::{MetricsConfig, MetricsEmitter, MetricsSink};
 
 use crate::fault::{Fault, PanicOnMarker, FAULT_INJECTION_VAR};
@@ -119,23 +117,18 @@ impl Consumer {
         // One AWS configuration and one set of generation limits for every provider built here.
         let aws = AwsConfig::new();
         let limits = GenerationLimits::from_env(env)?;
-        let base_extractor: Arc<dyn NoteExtractor> = match Fault::from_env(env)? {
-            None => Arc::new(DefaultExtractor),
-            Some(Fault::PanicOn(marker)) => {
-                tracing::warn!(
-                    %marker,
-                    "{FAULT_INJECTION_VAR} is set: records containing the marker will panic (test hook)"
-                );
-                Arc::new(PanicOnMarker {
-                    marker,
-                    inner: Arc::new(DefaultExtractor),
-                })
-            }
-        };
-        let embedder: Arc<dyn TextEmbedder> = Arc::new(embedder);
-        let store = PgMemoryStore::new(db.clone(), Decider::new(policy, embedder.clone()))
-            .with_variants_max(dedup.variants_max);
-        let mut service = MemoryService::new(base_extractor, embedder, Arc::new(store));
+        let mut service =
+            MemoryService::postgres_with_variants(db.clone(), embedder, policy, dedup.variants_max);
+        if let Some(Fault::PanicOn(marker)) = Fault::from_env(env)? {
+            tracing::warn!(
+                %marker,
+                "{FAULT_INJECTION_VAR} is set: records containing the marker will panic (test hook)"
+            );
+            service = service.with_extractor(Arc::new(PanicOnMarker {
+                marker,
+                inner: Arc::new(DefaultExtractor),
+            }));
+        }
         // DEDUP_JUDGE=llm: the provider is built only then.
         if let Some(judge) = &judge {
             let judge = Judge::from_config(judge, &limits, &aws).await?;

@@ -586,6 +586,13 @@ impl DedupPolicy {
         }
     }
 
+    /// The lowest cosine at which a pair can be a semantic duplicate: the threshold, or the low
+    /// end of the judge's `band` when a judge decides (an exact match needs no cosine). The
+    /// prefilters skip only pairs below it.
+    pub fn merge_floor(&self, band: Option<JudgeBand>) -> f32 {
+        band.map_or(self.threshold, |band| band.low.min(self.threshold))
+    }
+
     /// Everything but the span guard and the judge. With a judge `band`, a pair in it that no
     /// exact match or text guard decides waits for the judge (below the threshold too).
     fn stage(

@@ -260,9 +260,7 @@ pub fn plan(
         )
     }));
 
-    let floor = evidence
-        .judge_band()
-        .map_or(policy.threshold, |band| band.low.min(policy.threshold));
+    let floor = policy.merge_floor(evidence.judge_band());
     let mut actions = Vec::with_capacity(candidates.len());
     for (index, candidate) in candidates.iter().enumerate() {
         let this = NoteRef {

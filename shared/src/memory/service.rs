@@ -184,6 +184,13 @@ impl MemoryService {
         Self::new(Arc::new(DefaultExtractor), embedder, Arc::new(store))
     }
 
+    /// Extracts candidate notes with `extractor` instead (the consumer's test hook wraps the
+    /// default one).
+    pub fn with_extractor(mut self, extractor: Arc<dyn NoteExtractor>) -> Self {
+        self.extractor = extractor;
+        self
+    }
+
     /// Applies one event to its user's memory, exactly once (a redelivery changes nothing).
     pub async fn apply(&self, event: &ElaborationCompleted) -> Result<ApplyOutcome, MemoryError> {
         let (notes, extraction) = self.extract(event).await;

@@ -224,12 +224,9 @@ async fn apply_in_transaction(
     }
 
     // Pairs below the threshold can still merge inside the judge's band: read those notes too.
-    let floor = record
-        .verdicts
-        .as_ref()
-        .map_or(decider.policy().threshold, |v| {
-            v.band().low.min(decider.policy().threshold)
-        });
+    let floor = decider
+        .policy()
+        .merge_floor(record.verdicts.as_ref().map(Verdicts::band));
     let known = comparable_notes(&tx, user, &record.candidates, floor).await?;
     let actions = decider
         .actions(&known, &record.candidates, record.verdicts.as_ref())
